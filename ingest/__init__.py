@@ -1,0 +1,1 @@
+"""Ingestion job: load documents, chunk, embed and sync them into Chroma incrementally."""

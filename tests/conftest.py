@@ -1,0 +1,106 @@
+"""Shared fixtures: one real embedding model per session, isolated data directories, loopback servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+for _name in [n for n in os.environ if n.startswith("RAG_") and n != "RAG_TEST_MODELS_DIR"]:
+    del os.environ[_name]  # the developer's own configuration must not leak into tests
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from rag.embedding import Embedder  # noqa: E402
+from rag.settings import Settings  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = REPO_ROOT / "samples"
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout_s: float, process: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout_s}s")
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where assembled model files live for the session (reuse across runs with RAG_TEST_MODELS_DIR)."""
+    configured = os.environ.get("RAG_TEST_MODELS_DIR")
+    if configured:
+        Path(configured).mkdir(parents=True, exist_ok=True)
+        return Path(configured)
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    """The real bundled all-MiniLM-L6-v2, loaded once for the whole session."""
+    model = Embedder(Settings(data_dir=tmp_path_factory.mktemp("embedder")))
+    _ = model.model
+    return model
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def factory(**overrides: Any) -> Settings:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        return Settings(**overrides)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `chroma run` server on a free loopback port, stopped after the session."""
+    port = free_port()
+    path = tmp_path_factory.mktemp("chroma-server")
+    chroma = shutil.which("chroma", path=str(VENV_BIN)) or "chroma"
+    log = (path / "server.log").open("w")
+    process = subprocess.Popen(
+        [chroma, "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/api/v2/heartbeat", 60, process)
+        yield url
+    finally:
+        stop(process)
+        log.close()

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from rag.chunking import Chunker, ChunkerConfig
+from rag.documents import Document
+from rag.embedding import Embedder
+
+
+def make_doc(text: str, title: str = "Title", doc_id: str = "doc.txt") -> Document:
+    return Document(
+        doc_id=doc_id, text=text, title=title, source=doc_id, source_root="/", content_hash="h", format="txt"
+    )
+
+
+@pytest.fixture(scope="module")
+def chunker(embedder: Embedder) -> Chunker:
+    return Chunker(
+        ChunkerConfig(chunk_size=300, chunk_overlap=60), embedder.count_tokens, embedder.max_tokens
+    )
+
+
+def test_offsets_are_exact_and_chunks_cover_the_text(chunker: Chunker) -> None:
+    paragraphs = [f"Paragraph {i}. " + " ".join(f"word{i}x{j}" for j in range(40)) + "." for i in range(6)]
+    text = "\n\n".join(paragraphs)
+    chunks = chunker.split(make_doc(text))
+    assert len(chunks) > 3
+    for chunk in chunks:
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+        assert len(chunk.text) <= 300
+    assert chunks[0].char_start == 0 and chunks[-1].char_end == len(text)
+    for before, after in itertools.pairwise(chunks):
+        # no text is lost between chunks: they overlap or are separated by whitespace only
+        assert after.char_start <= before.char_end or not text[before.char_end : after.char_start].strip()
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+
+
+def test_ids_are_deterministic_and_content_addressed(chunker: Chunker) -> None:
+    text = "Alpha beta gamma. " * 60
+    first = chunker.split(make_doc(text))
+    second = chunker.split(make_doc(text))
+    assert [c.chunk_id for c in first] == [c.chunk_id for c in second]
+    other_doc = chunker.split(make_doc(text, doc_id="other.txt"))
+    assert {c.chunk_id for c in first}.isdisjoint(c.chunk_id for c in other_doc)
+    edited = chunker.split(make_doc(text.replace("Alpha", "Delta", 1)))
+    assert edited[0].chunk_id != first[0].chunk_id
+    assert edited[-1].chunk_id == first[-1].chunk_id  # untouched tail keeps its id
+
+
+def test_title_is_embedded_but_not_part_of_the_span(chunker: Chunker) -> None:
+    chunk = chunker.split(make_doc("Short body.", title="Coral reefs"))[0]
+    assert chunk.text == "Short body."
+    assert chunk.embed_text == "Coral reefs\nShort body."
+
+
+def test_token_guard_resplits_chunks_the_encoder_would_truncate(embedder: Embedder) -> None:
+    # Digits and symbols cost about one token per character, so 1,500 characters are far over 256 tokens.
+    text = " ".join(f"{i:04d}-{i * 7 % 997:03d}" for i in range(170))
+    guarded = Chunker(
+        ChunkerConfig(chunk_size=1500, chunk_overlap=0), embedder.count_tokens, embedder.max_tokens
+    )
+    chunks = guarded.split(make_doc(text))
+    assert guarded.stats.resplit_for_token_limit >= 1
+    assert guarded.stats.over_token_limit == 0
+    assert all(c.n_tokens <= embedder.max_tokens for c in chunks)
+    assert all(text[c.char_start : c.char_end] == c.text for c in chunks)
+    assert embedder.count_tokens([text])[0] > embedder.max_tokens
