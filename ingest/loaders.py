@@ -256,7 +256,7 @@ def iter_jsonl(path: Path, max_bytes: int) -> Iterator[JsonlRecord]:
 
 def discover(root: Path) -> tuple[list[SourceFile], list[str]]:
     """Supported files under ``root`` (hidden entries skipped) and the paths ignored for their type."""
-    resolved_root = root.resolve()
+    root = resolved_root = root.resolve()
     if root.is_file():
         return [SourceFile(root.resolve(), resolved_root.parent, root.name, _format(root))], []
     found: list[SourceFile] = []

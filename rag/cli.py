@@ -91,6 +91,38 @@ def status(
         typer.echo(f"{key:>18}: {json.dumps(value) if isinstance(value, dict | list) else value}")
 
 
+@app.command()
+@handles_errors
+def ask(
+    question: str = typer.Argument(..., help="The question to answer from the ingested documents."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1, max=20, help="Chunks to retrieve (default RAG_TOP_K)."),
+    mode: str | None = typer.Option(None, help="Retrieval mode: dense, bm25 or hybrid (default RAG_RETRIEVAL_MODE)."),
+    generator: str | None = typer.Option(None, help="local, openai or extractive (default RAG_GENERATOR)."),
+    collection: str | None = typer.Option(None, help="Collection name (default: RAG_COLLECTION)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full response object as JSON."),
+) -> None:
+    """Answer a question with citations, or abstain; the same pipeline as the HTTP API."""
+    from rag.pipeline import QueryPipeline
+
+    settings = load_settings(collection=collection, generator=generator, retrieval_mode=mode)
+    pipeline = QueryPipeline(settings)
+    if as_json:
+        emit_json(pipeline.run(question, top_k=top_k).model_dump())
+        return
+    response = None
+    for event in pipeline.stream(question, top_k=top_k):
+        if event.event == "token":
+            typer.echo(event.data, nl=False)
+        else:
+            response = event.data
+    assert response is not None and not isinstance(response, str)
+    if response.abstained:
+        typer.echo(f"\r{response.answer}  (abstained: {response.abstain_reason})")
+    typer.echo(f"\nconfidence {response.confidence:.2f} · index {response.versions.index}")
+    for citation in response.citations:
+        typer.echo(f"  [{citation.index}] {citation.title} — {citation.source} (score {citation.score:.2f})")
+
+
 def _register_plugins() -> None:
     for entry in sorted(entry_points(group="rag.commands"), key=lambda e: e.name):
         entry.load()(app)

@@ -81,9 +81,10 @@ class Settings(BaseSettings):
 
     # --- abstention and context budget
     min_relevance: float = Field(0.3, ge=-1, le=1, description="Abstain when the best dense score is below.")
-    context_chars: int = Field(
-        1500, ge=100, le=100000, description="Character budget for the prompt context."
-    )
+    context_chars: int = Field(1500, ge=100, le=100000, description="Character budget for the prompt context.")
+    confidence_slope: float = Field(12.0, gt=0, description="Logistic slope on the top cosine similarity.")
+    confidence_center: float = Field(0.45, ge=-1, le=1, description="Top cosine at which confidence is 0.5.")
+    uncited_factor: float = Field(0.6, ge=0, le=1, description="Confidence multiplier for answers citing nothing.")
 
     # --- API
     max_question_chars: int = Field(1000, ge=1, le=100000)

@@ -1,0 +1,245 @@
+"""The query pipeline shared by the API, ``rag ask`` and the evaluation: sanitize → retrieve → generate → decide.
+
+Abstention rules, in order: nothing retrieved; the best chunk's cosine similarity to the question is below
+``min_relevance`` (no model call at all); the model says the sources do not contain the answer. An abstention
+always carries the same fixed answer, ``ABSTAIN_ANSWER``.
+
+Confidence = sigmoid(slope * (top cosine - center)) x citation factor, where the citation factor is 1 when the
+answer cites a source it was shown and ``uncited_factor`` otherwise. Slope and center were fitted against answer
+correctness on the labelled sample set (see README, "Confidence calibration").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from rag.embedding import Embedder
+from rag.generation.answerer import Answerer, GeneratedAnswer, make_answerer
+from rag.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER, Context
+from rag.retrieval import Mode, RetrievalResult, Retriever
+from rag.sanitize import find_injection, sanitize_question
+from rag.settings import Settings
+from rag.store import VectorStore
+
+ABSTAIN_ANSWER = UNKNOWN_ANSWER
+AbstainReason = Literal["no_context", "weak_retrieval", "model_unknown"]
+
+
+class Citation(BaseModel):
+    index: int = Field(description="The [n] used in the answer.")
+    doc_id: str
+    source: str
+    title: str
+    chunk_id: str
+    score: float = Field(description="Cosine similarity of the chunk to the question.")
+    text: str
+    cited_in_answer: bool = True
+    flagged_instructions: bool = Field(False, description="The chunk contains instruction-like text.")
+
+
+class Versions(BaseModel):
+    index: str | None
+    embedding_model: str
+    generator: str
+    prompt: str
+    config: str = Field(description="Hash of the pipeline configuration that produced the answer.")
+
+
+class QueryResponse(BaseModel):
+    answer: str
+    abstained: bool
+    confidence: float = Field(ge=0, le=1)
+    citations: list[Citation]
+    request_id: str
+    versions: Versions
+    abstain_reason: AbstainReason | None = None
+    mode: Mode
+    flagged_chunk_ids: list[str] = Field(default_factory=list)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    usage: dict[str, int | None] = Field(default_factory=dict)
+
+
+class StreamEvent(BaseModel):
+    event: Literal["token", "result"]
+    data: str | QueryResponse
+
+
+def confidence_score(top_cosine: float | None, cited: bool, settings: Settings) -> float:
+    if top_cosine is None:
+        return 0.0
+    value = 1.0 / (1.0 + math.exp(-settings.confidence_slope * (top_cosine - settings.confidence_center)))
+    return round(value * (1.0 if cited else settings.uncited_factor), 4)
+
+
+class QueryPipeline:
+    """One instance per process; thread-safe for retrieval, and generation is serialised by the backend."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        store: VectorStore | None = None,
+        answerer: Answerer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.retriever = Retriever(settings, embedder=embedder, store=store)
+        self.answerer = answerer or make_answerer(settings, embed=self.retriever.embedder.embed)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "retrieval": self.retriever.to_dict(),
+            "generation": self.answerer.to_dict(),
+            "embedding_model": self.retriever.embedder.to_dict(),
+            "chunker": {"chunk_size": s.chunk_size, "chunk_overlap": s.chunk_overlap, "embed_titles": s.embed_titles},
+            "abstention": {"min_relevance": s.min_relevance},
+            "confidence": {
+                "slope": s.confidence_slope,
+                "center": s.confidence_center,
+                "uncited_factor": s.uncited_factor,
+            },
+        }
+
+    @property
+    def config_version(self) -> str:
+        payload = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def versions(self, index_version: str | None) -> Versions:
+        return Versions(
+            index=index_version,
+            embedding_model=self.retriever.embedder.name,
+            generator=self.answerer.generator_id,
+            prompt=PROMPT_VERSION,
+            config=self.config_version,
+        )
+
+    def retrieve(
+        self, question: str, top_k: int | None = None, mode: Mode | None = None, filters: dict[str, Any] | None = None
+    ) -> RetrievalResult:
+        return self.retriever.retrieve(question, top_k, mode, filters)
+
+    def run(
+        self,
+        question: str,
+        *,
+        top_k: int | None = None,
+        mode: Mode | None = None,
+        filters: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> QueryResponse:
+        stream = self.stream(question, top_k=top_k, mode=mode, filters=filters, request_id=request_id)
+        for event in stream:
+            if event.event == "result":
+                assert isinstance(event.data, QueryResponse)
+                return event.data
+        raise RuntimeError("the pipeline ended without a result")  # pragma: no cover
+
+    def stream(
+        self,
+        question: str,
+        *,
+        top_k: int | None = None,
+        mode: Mode | None = None,
+        filters: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Token events while the answer is generated, then one result event with the full response."""
+        started = time.perf_counter()
+        request_id = request_id or uuid.uuid4().hex
+        question = sanitize_question(question, self.settings.max_question_chars)
+        retrieval = self.retrieve(question, top_k, mode, filters)
+        flagged = [c.chunk_id for c in retrieval.chunks if find_injection(c.text)]
+        timings = {"retrieval": retrieval.seconds * 1000}
+        top = retrieval.top_dense
+
+        if not retrieval.chunks or top is None or top < self.settings.min_relevance:
+            reason: AbstainReason = "no_context" if not retrieval.chunks else "weak_retrieval"
+            yield self._result(request_id, retrieval, None, reason, flagged, timings, started)
+            return
+
+        contexts = [
+            Context(
+                index=i,
+                chunk_id=c.chunk_id,
+                doc_id=c.doc_id,
+                title=c.title,
+                source=c.source,
+                text=c.text,
+                score=c.dense_score,
+            )
+            for i, c in enumerate(retrieval.chunks, start=1)
+        ]
+        tick = time.perf_counter()
+        answer_stream = self.answerer.stream(question, contexts)
+        try:
+            for delta in answer_stream:
+                yield StreamEvent(event="token", data=delta)
+        finally:
+            answer_stream.close()
+        timings["generation"] = (time.perf_counter() - tick) * 1000
+        generated = answer_stream.result
+        assert generated is not None
+        reason_or_none: AbstainReason | None = "model_unknown" if generated.model_said_unknown else None
+        yield self._result(request_id, retrieval, generated, reason_or_none, flagged, timings, started)
+
+    def _result(
+        self,
+        request_id: str,
+        retrieval: RetrievalResult,
+        generated: GeneratedAnswer | None,
+        reason: AbstainReason | None,
+        flagged: list[str],
+        timings: dict[str, float],
+        started: float,
+    ) -> StreamEvent:
+        timings["total"] = (time.perf_counter() - started) * 1000
+        by_chunk = {c.chunk_id: c for c in retrieval.chunks}
+        citations: list[Citation] = []
+        cited = False
+        if generated is not None and reason is None:
+            shown = generated.cited_contexts
+            cited = bool(shown)
+            if not shown:  # an uncited answer still shows what it was based on, marked as not cited
+                shown = generated.contexts
+            citations = [
+                Citation(
+                    index=ctx.index,
+                    doc_id=ctx.doc_id,
+                    source=ctx.source,
+                    title=ctx.title,
+                    chunk_id=ctx.chunk_id,
+                    score=round(by_chunk[ctx.chunk_id].dense_score if ctx.chunk_id in by_chunk else ctx.score, 4),
+                    text=by_chunk[ctx.chunk_id].text if ctx.chunk_id in by_chunk else ctx.text,
+                    cited_in_answer=cited,
+                    flagged_instructions=ctx.chunk_id in flagged,
+                )
+                for ctx in shown
+            ]
+        abstained = reason is not None
+        response = QueryResponse(
+            answer=ABSTAIN_ANSWER if abstained else (generated.text if generated else ABSTAIN_ANSWER),
+            abstained=abstained,
+            confidence=0.0 if abstained else confidence_score(retrieval.top_dense, cited, self.settings),
+            citations=citations,
+            request_id=request_id,
+            versions=self.versions(retrieval.index_version),
+            abstain_reason=reason,
+            mode=retrieval.mode,
+            flagged_chunk_ids=flagged,
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+            usage={
+                "prompt_tokens": generated.prompt_tokens if generated else None,
+                "completion_tokens": generated.completion_tokens if generated else None,
+            },
+        )
+        return StreamEvent(event="result", data=response)

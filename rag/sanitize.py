@@ -1,0 +1,116 @@
+"""Question validation and prompt-injection screening.
+
+Text is normalised (NFKC, control and zero-width characters removed) before anything else sees it. Injection
+screening runs on a *skeleton* of the text (lower case, homoglyphs and leetspeak folded, spaced-out letters
+joined), so the common obfuscations meet the same patterns as the plain attack. The same detector flags retrieved
+chunks that contain instruction-like text (indirect injection); those are data, and are marked, never obeyed.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from rag.errors import InvalidInputError, UnsafeInputError
+
+CONFUSABLES = str.maketrans(
+    {
+        "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ѕ": "s", "ј": "j",
+        "ԁ": "d", "ӏ": "l", "ο": "o", "α": "a", "ε": "e", "ι": "i", "ν": "v", "τ": "t", "κ": "k", "ρ": "p",
+        "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i", "|": "l",
+    }
+)  # fmt: skip
+
+_IGNORE = r"(?:ignore|disregard|forget|skip|override|bypass|neglect|drop|abandon|discard)"
+_PRIOR = r"(?:all|any|every|the|your|my|these|those|previous|prior|above|earlier|preceding|former|initial|original|system|old|existing|foregoing)"
+_RULES = r"(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|guardrails?|constraints?|commands?|orders?|context|programming|restrictions?|policies|policy)"
+
+PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("ignore_instructions", re.compile(rf"\b{_IGNORE}\b(?:\W+\w+){{0,3}}?\W+{_PRIOR}\b(?:\W+\w+){{0,3}}?\W+{_RULES}\b")),
+    ("ignore_instructions", re.compile(rf"\b{_IGNORE}\b\W+(?:everything|anything)\W+(?:above|before|previously|you were told)")),
+    (
+        "system_prompt_request",
+        re.compile(
+            r"\b(?:reveal|show|print|repeat|display|output|tell|give|leak|dump|expose|share|write|recite|spell|"
+            r"what(?:'s| is| are| was| were))\b(?:\W+\w+){0,5}?\W+(?:system|initial|hidden|secret|original|"
+            r"developer|internal|pre)[\s-]*(?:prompt|message|instructions?)"
+        ),
+    ),
+    ("system_prompt_request", re.compile(r"\b(?:your|the)\s+(?:instructions|prompt)\s+(?:verbatim|word for word)")),
+    (
+        "role_tag",
+        re.compile(r"<\s*/?\s*(?:system|user|assistant|developer|tool)\s*>|<\|\s*im_(?:start|end)\s*\|>|\[/?inst\]|<<\s*/?sys\s*>>"),
+    ),
+    ("role_tag", re.compile(r"(?:^|\n)\s*#{0,3}\s*(?:system|assistant|developer)\s*:\s")),
+    (
+        "role_override",
+        re.compile(
+            r"\byou\s+are\s+now\b|\bfrom\s+now\s+on\W+you\b|\bpretend\s+(?:to\s+be|you\s+are)\b|"
+            r"\b(?:developer|god|jailbreak|dan)\s+mode\b|\bdo\s+anything\s+now\b|\bnew\s+(?:system\s+)?instructions?\s*:"
+        ),
+    ),
+    # Common non-English forms of "ignore the previous instructions" and "system prompt".
+    ("ignore_instructions", re.compile(r"\bignor(?:ez|e|a|iere|ieren|eer)\b.{0,40}?\b(?:instructions?|instrucciones|anweisungen|istruzioni|instrucoes|instruções|instructies|regeln|regles|règles|reglas)\b")),
+    ("ignore_instructions", re.compile(r"\b(?:oublie[zr]?|olvida|vergiss|dimentica|esqueça|esqueca)\b.{0,40}?\b(?:instructions?|instrucciones|anweisungen|istruzioni|instruções|instrucoes|regles|règles|reglas|regeln)\b")),
+    ("ignore_instructions", re.compile(r"忽略.{0,10}(?:指令|指示|说明|提示)|無視.{0,10}(?:指示|命令)|(?:指示|命令|指令).{0,6}(?:を)?無視|игнорируй.{0,30}инструкц|забудь.{0,30}инструкц")),
+    ("system_prompt_request", re.compile(r"(?:prompt|invite|mensaje|aufforderung)\s+(?:du\s+)?(?:syst[eè]me|del\s+sistema|system)|系统提示|システムプロンプト|системн\w*\s+промпт")),
+]
+
+_SPACED = re.compile(r"\b(?:\w[\s.\-_*+/\\]{1,3}){3,}\w\b")
+_INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn"}
+
+
+def normalise(text: str) -> str:
+    """NFKC, drop control/format/invisible characters, collapse whitespace."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(
+        " " if ch in "\t\n\r\x0b\x0c" else ch for ch in text if ch in "\t\n\r\x0b\x0c" or unicodedata.category(ch) not in _INVISIBLE
+    )
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def skeleton(text: str) -> str:
+    """A folded form for matching: homoglyphs and leetspeak mapped, spaced-out letters joined."""
+    folded = unicodedata.normalize("NFKC", text).lower()
+    folded = "".join(ch for ch in folded if unicodedata.category(ch) not in _INVISIBLE or ch in "\n")
+    folded = unicodedata.normalize("NFKD", folded)
+    folded = "".join(ch for ch in folded if not unicodedata.combining(ch)).translate(CONFUSABLES)
+    folded = _SPACED.sub(lambda m: re.sub(r"[\s.\-_*+/\\]", "", m.group(0)), folded)
+    return re.sub(r"[ \t]+", " ", folded)
+
+
+@dataclass(frozen=True)
+class InjectionFinding:
+    rule: str
+    excerpt: str
+
+
+def find_injection(text: str) -> InjectionFinding | None:
+    for candidate in (text.lower(), skeleton(text)):
+        for rule, pattern in PATTERNS:
+            match = pattern.search(candidate)
+            if match:
+                return InjectionFinding(rule, match.group(0)[:80])
+    return None
+
+
+def sanitize_question(question: str, max_chars: int) -> str:
+    """Return the cleaned question, or raise: empty/too long → InvalidInputError, injection → UnsafeInputError."""
+    if not isinstance(question, str):
+        raise InvalidInputError("question must be a string")
+    cleaned = normalise(question)
+    if not cleaned:
+        raise InvalidInputError("question is empty", hint="send a non-blank question")
+    if len(cleaned) > max_chars:
+        raise InvalidInputError(
+            f"question is {len(cleaned)} characters, over the limit of {max_chars}",
+            hint="shorten it or raise RAG_MAX_QUESTION_CHARS",
+        )
+    finding = find_injection(question) or find_injection(cleaned)
+    if finding:
+        raise UnsafeInputError(
+            f"question looks like a prompt-injection attempt ({finding.rule}: {finding.excerpt!r})",
+            hint="ask a question about the documents; instructions to the model are not accepted",
+        )
+    return cleaned
