@@ -35,31 +35,9 @@ BOILERPLATE_TAGS = [
     "iframe",
     "svg",
 ]
-BLOCK_TAGS = [
-    "p",
-    "div",
-    "section",
-    "article",
-    "main",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "li",
-    "ul",
-    "ol",
-    "dl",
-    "dt",
-    "dd",
-    "tr",
-    "table",
-    "blockquote",
-    "pre",
-    "figcaption",
-    "caption",
-    "hr",
+BLOCK_TAGS = [  # block boundaries that must become line breaks when markup is stripped
+    *("p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol", "dl", "dt"),
+    *("dd", "tr", "td", "th", "table", "blockquote", "pre", "figcaption", "caption", "hr"),
 ]
 MAX_TITLE_CHARS = 300
 

@@ -16,9 +16,12 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from rag.embedding import Embedder
@@ -67,9 +70,14 @@ class QueryResponse(BaseModel):
     usage: dict[str, int | None] = Field(default_factory=dict)
 
 
-class StreamEvent(BaseModel):
+@dataclass
+class StreamEvent:
+    """A token delta, or the final response with what the query log needs (not part of the HTTP body)."""
+
     event: Literal["token", "result"]
     data: str | QueryResponse
+    query_embedding: np.ndarray | None = None
+    top_score: float | None = None
 
 
 def confidence_score(top_cosine: float | None, cited: bool, settings: Settings) -> float:
@@ -152,8 +160,13 @@ class QueryPipeline:
         mode: Mode | None = None,
         filters: dict[str, Any] | None = None,
         request_id: str | None = None,
+        generation_slot: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> Iterator[StreamEvent]:
-        """Token events while the answer is generated, then one result event with the full response."""
+        """Token events while the answer is generated, then one result event with the full response.
+
+        ``generation_slot`` bounds concurrent generations (the API's queue); retrieval and abstentions on weak
+        retrieval never wait for it.
+        """
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
         question = sanitize_question(question, self.settings.max_question_chars)
@@ -179,14 +192,15 @@ class QueryPipeline:
             )
             for i, c in enumerate(retrieval.chunks, start=1)
         ]
-        tick = time.perf_counter()
-        answer_stream = self.answerer.stream(question, contexts)
-        try:
-            for delta in answer_stream:
-                yield StreamEvent(event="token", data=delta)
-        finally:
-            answer_stream.close()
-        timings["generation"] = (time.perf_counter() - tick) * 1000
+        with (generation_slot or nullcontext)():
+            tick = time.perf_counter()
+            answer_stream = self.answerer.stream(question, contexts)
+            try:
+                for delta in answer_stream:
+                    yield StreamEvent(event="token", data=delta)
+            finally:
+                answer_stream.close()
+            timings["generation"] = (time.perf_counter() - tick) * 1000
         generated = answer_stream.result
         assert generated is not None
         reason_or_none: AbstainReason | None = "model_unknown" if generated.model_said_unknown else None
@@ -242,4 +256,6 @@ class QueryPipeline:
                 "completion_tokens": generated.completion_tokens if generated else None,
             },
         )
-        return StreamEvent(event="result", data=response)
+        return StreamEvent(
+            event="result", data=response, query_embedding=retrieval.query_embedding, top_score=retrieval.top_dense
+        )
