@@ -65,11 +65,11 @@ class JobAccepted(BaseModel):
 class Services:
     """Everything a request needs, built once per process and shared by all requests."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, embedder: Embedder | None = None, answerer: Answerer | None = None) -> None:
         self.settings = settings
-        self.embedder = Embedder(settings)
+        self.embedder = embedder or Embedder(settings)
         self.client = make_client(settings)
-        self.answerer: Answerer = make_answerer(settings, embed=self.embedder.embed)
+        self.answerer: Answerer = answerer or make_answerer(settings, embed=self.embedder.embed)
         self._pipelines: dict[str, QueryPipeline] = {}
         self.gate = GenerationGate(
             settings.max_concurrent_generations, settings.max_queued_requests, settings.request_timeout_s

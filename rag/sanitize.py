@@ -70,13 +70,19 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def _join_spaced(match: re.Match[str]) -> str:
+    """"i g n o r e  a l l" -> "ignore all": single separators join letters, wider gaps separate words."""
+    words = re.split(r"\s{2,}", match.group(0))
+    return " ".join(re.sub(r"[\s.\-_*+/\\]", "", word) for word in words)
+
+
 def skeleton(text: str) -> str:
     """A folded form for matching: homoglyphs and leetspeak mapped, spaced-out letters joined."""
     folded = unicodedata.normalize("NFKC", text).lower()
     folded = "".join(ch for ch in folded if unicodedata.category(ch) not in _INVISIBLE or ch in "\n")
     folded = unicodedata.normalize("NFKD", folded)
     folded = "".join(ch for ch in folded if not unicodedata.combining(ch)).translate(CONFUSABLES)
-    folded = _SPACED.sub(lambda m: re.sub(r"[\s.\-_*+/\\]", "", m.group(0)), folded)
+    folded = _SPACED.sub(_join_spaced, folded)
     return re.sub(r"[ \t]+", " ", folded)
 
 

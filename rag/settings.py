@@ -34,14 +34,18 @@ class Settings(BaseSettings):
 
     # --- state
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Directory holding all local state.")
-    collection: str = Field("documents", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+    collection: str = Field(
+        "documents",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$",
+        description="Chroma collection (and manifest) name.",
+    )
     chroma_url: str | None = Field(None, description="Chroma server URL; embedded store when unset.")
 
     # --- embedding
     embedding_model_path: Path | None = Field(
         None, description="Sentence-transformers model directory; default: the bundled all-MiniLM-L6-v2."
     )
-    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    embedding_batch_size: int = Field(32, ge=1, le=1024, description="Chunks per encoder batch.")
     torch_threads: int = Field(0, ge=0, le=64, description="0 = leave torch's default.")
 
     # --- chunking
@@ -51,33 +55,43 @@ class Settings(BaseSettings):
 
     # --- ingestion limits
     max_file_bytes: int = Field(50_000_000, ge=1, description="Larger files are reported and skipped.")
-    near_duplicate_threshold: float = Field(0.9, gt=0, le=1)
-    ingest_batch_chunks: int = Field(
-        256, ge=1, le=100000, description="Chunks embedded and written per batch."
+    near_duplicate_threshold: float = Field(
+        0.9, gt=0, le=1, description="Shingle cosine above which two documents are reported as near-duplicates."
     )
+    ingest_batch_chunks: int = Field(256, ge=1, le=100000, description="Chunks embedded and written per batch.")
 
     # --- retrieval
-    retrieval_mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
-    top_k: int = Field(4, ge=1, le=20)
+    retrieval_mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "hybrid", description="dense, bm25 or hybrid (reciprocal rank fusion of both)."
+    )
+    top_k: int = Field(4, ge=1, le=20, description="Chunks passed to the generator (the API default for top_k).")
     candidate_k: int = Field(50, ge=1, le=1000, description="Candidates per retriever before fusion.")
-    rrf_k: int = Field(60, ge=1, le=1000)
-    dense_weight: float = Field(1.0, ge=0)
-    bm25_weight: float = Field(1.0, ge=0)
+    rrf_k: int = Field(60, ge=1, le=1000, description="Reciprocal rank fusion constant k.")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in fusion.")
+    bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in fusion.")
 
     # --- generation
-    generator: Literal["local", "openai", "extractive"] = "local"
+    generator: Literal["local", "openai", "extractive"] = Field(
+        "local", description="local (in-process GGUF), openai (any OpenAI-compatible server) or extractive (no LLM)."
+    )
     generator_model_path: Path | None = Field(
         None, description="GGUF file for the local backend; default: the bundled Qwen2.5-Coder-1.5B."
     )
-    generator_threads: int = Field(2, ge=1, le=64)
-    generator_context: int = Field(4096, ge=512, le=131072)
-    max_answer_tokens: int = Field(256, ge=1, le=4096)
-    temperature: float = Field(0.0, ge=0, le=2)
-    seed: int = 42
-    openai_base_url: str | None = None
-    openai_model: str = "gpt-4o-mini"
-    openai_api_key: SecretStr | None = None
-    openai_timeout_s: float = Field(60.0, gt=0)
+    generator_threads: int = Field(2, ge=1, le=64, description="CPU threads for the local generator.")
+    generator_context: int = Field(
+        4096, ge=512, le=131072, description="Context window (tokens) of the local generator."
+    )
+    max_answer_tokens: int = Field(256, ge=1, le=4096, description="Maximum generated tokens per answer.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 = greedy and deterministic.")
+    seed: int = Field(42, description="Seed for generation and every other source of randomness.")
+    openai_base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI)."
+    )
+    openai_model: str = Field("gpt-4o-mini", description="Model name sent to the OpenAI-compatible server.")
+    openai_api_key: SecretStr | None = Field(
+        None, description="API key for the OpenAI-compatible server (never logged)."
+    )
+    openai_timeout_s: float = Field(60.0, gt=0, description="Timeout per call to the OpenAI-compatible server.")
 
     # --- abstention and context budget
     min_relevance: float = Field(0.3, ge=-1, le=1, description="Abstain when the best dense score is below.")
@@ -87,17 +101,19 @@ class Settings(BaseSettings):
     uncited_factor: float = Field(0.6, ge=0, le=1, description="Confidence multiplier for answers citing nothing.")
 
     # --- API
-    max_question_chars: int = Field(1000, ge=1, le=100000)
+    max_question_chars: int = Field(1000, ge=1, le=100000, description="Longer questions are rejected with 422.")
     api_keys: list[SecretStr] = Field(
-        default_factory=list, description="Keys accepted by write/admin routes."
+        default_factory=list, description='Keys accepted by write/admin routes (JSON list, e.g. ["k1","k2"]).'
     )
-    require_key_for_query: bool = False
-    rate_limit_per_minute: int = Field(120, ge=1)
-    max_body_bytes: int = Field(64_000, ge=1024)
-    max_concurrent_generations: int = Field(1, ge=1)
-    max_queued_requests: int = Field(8, ge=0)
-    request_timeout_s: float = Field(120.0, gt=0)
-    log_questions: Literal["text", "hash", "none"] = "hash"
+    require_key_for_query: bool = Field(False, description="Require an API key on the query routes too.")
+    rate_limit_per_minute: int = Field(120, ge=1, description="Requests per minute per API key (or client address).")
+    max_body_bytes: int = Field(64_000, ge=1024, description="Larger request bodies are rejected with 413.")
+    max_concurrent_generations: int = Field(1, ge=1, description="Answers generated at the same time.")
+    max_queued_requests: int = Field(8, ge=0, description="Requests waiting for a generation slot before 503.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Per-request time limit (504 after it).")
+    log_questions: Literal["text", "hash", "none"] = Field(
+        "hash", description="Query log keeps the question as text, its sha256 hash, or nothing."
+    )
     ingest_roots: list[Path] = Field(default_factory=list, description="Roots the API may ingest from.")
 
     # --- evaluation / tracking
@@ -129,9 +145,7 @@ class Settings(BaseSettings):
         config_file = os.environ.get("RAG_CONFIG_FILE")
         if config_file:
             if not Path(config_file).is_file():
-                raise FileNotFoundError(
-                    f"RAG_CONFIG_FILE={config_file} does not exist; create it or unset it"
-                )
+                raise FileNotFoundError(f"RAG_CONFIG_FILE={config_file} does not exist; create it or unset it")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import Services, create_app
+from ingest.pipeline import IngestionPipeline
+from rag.embedding import Embedder
+from rag.generation.answerer import make_answerer
+from rag.generation.backends import LocalBackend, smollm2_path
+from rag.settings import Settings
+from tests.conftest import SAMPLES, free_port, stop, wait_for_http
+
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
+    """The bundled sample corpus, ingested once for every API test."""
+    data_dir = tmp_path_factory.mktemp("api-data")
+    summary = IngestionPipeline(Settings(data_dir=data_dir), embedder=embedder, progress=False).run([SAMPLES / "corpus"])
+    assert summary.documents_added == 10 and not summary.documents_failed
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def smollm() -> LocalBackend:
+    """SmolLM2-135M: fast enough for plumbing tests, not for answer quality."""
+    backend = LocalBackend(smollm2_path(), threads=2, max_tokens=48)
+    backend.load()
+    return backend
+
+
+@pytest.fixture
+def make_client(
+    sample_data_dir: Path, embedder: Embedder, smollm: LocalBackend
+) -> Iterator[Callable[..., TestClient]]:
+    """A real app (real index, encoder and generator) behind Starlette's HTTP test client."""
+    clients: list[TestClient] = []
+
+    def factory(**overrides: Any) -> TestClient:
+        overrides.setdefault("data_dir", sample_data_dir)
+        overrides.setdefault("generator", "extractive")
+        overrides.setdefault("api_keys", [API_KEY])
+        settings = Settings(**overrides)
+        backend = smollm if settings.generator == "local" else None
+        answerer = make_answerer(settings, embed=embedder.embed, backend=backend)
+        services = Services(settings, embedder=embedder, answerer=answerer)
+        client = TestClient(create_app(settings, services=services))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def live_server(sample_data_dir: Path) -> Iterator[str]:
+    """`rag serve` as a user starts it: a real uvicorn process on a free loopback port."""
+    port = free_port()
+    env = {**os.environ, "RAG_DATA_DIR": str(sample_data_dir), "RAG_GENERATOR": "extractive"}
+    log = (sample_data_dir / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthz", 120, process)
+        wait_for_http(f"{url}/readyz", 120, process)
+        yield url
+    finally:
+        stop(process)
+        log.close()
