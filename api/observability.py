@@ -60,8 +60,26 @@ class Metrics:
             ["signal"],
             registry=self.registry,
         )
+        self.drift_age = Gauge(
+            "rag_drift_report_age_seconds",
+            "Age of the latest query-log drift report (alert when older than two scheduled runs)",
+            registry=self.registry,
+        )
+        self.drift_available = Gauge(
+            "rag_drift_report_available", "1 when a readable query-log drift report exists", registry=self.registry
+        )
         self._recent: deque[bool] = deque(maxlen=200)
         self._lock = threading.Lock()
+
+    def observe_drift(self, status: dict[str, Any]) -> None:
+        """Copy the latest query-log drift verdict (from `rag drift`) into the gauges."""
+        self.drift_available.set(1 if status.get("available") else 0)
+        if not status.get("available"):
+            return
+        self.drift_age.set(float(status.get("age_seconds", 0.0)))
+        self.drift.labels(signal="any").set(1 if status.get("drift") else 0)
+        for signal, drifted in status.get("signals", {}).items():
+            self.drift.labels(signal=signal).set(1 if drifted else 0)
 
     def observe_answer(self, response: QueryResponse) -> None:
         self.answers.labels(outcome=response.abstain_reason or "answered").inc()
