@@ -28,7 +28,7 @@ from rag.embedding import Embedder
 from rag.generation.answerer import Answerer, GeneratedAnswer, make_answerer
 from rag.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER, Context
 from rag.retrieval import Mode, RetrievalResult, Retriever
-from rag.sanitize import find_injection, sanitize_question
+from rag.sanitize import find_injection, redact_injections, sanitize_question
 from rag.settings import Settings
 from rag.store import VectorStore
 
@@ -100,7 +100,9 @@ class QueryPipeline:
     ) -> None:
         self.settings = settings
         self.retriever = Retriever(settings, embedder=embedder, store=store)
-        self.answerer = answerer or make_answerer(settings, embed=self.retriever.embedder.embed)
+        # Lexical sentence selection only: embedding every candidate sentence cost about 1 s per query on this
+        # CPU and did not change answers on the labelled set (docs/PERFORMANCE.md).
+        self.answerer = answerer or make_answerer(settings)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.settings
@@ -187,7 +189,8 @@ class QueryPipeline:
                 doc_id=c.doc_id,
                 title=c.title,
                 source=c.source,
-                text=c.text,
+                # flagged instruction-like sentences never reach the model (the citation keeps the original)
+                text=redact_injections(c.text) if c.chunk_id in flagged else c.text,
                 score=c.dense_score,
             )
             for i, c in enumerate(retrieval.chunks, start=1)

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(32, ge=1, le=1024, description="Chunks per encoder batch.")
     torch_threads: int = Field(0, ge=0, le=64, description="0 = leave torch's default.")
 
+    # --- embedding backend (benchmarks and speed: bench/, docs/PERFORMANCE.md)
+    embedding_backend: Literal["torch", "onnx-int8"] = Field(
+        "torch",
+        description="torch (sentence-transformers, fp32) or onnx-int8 (ONNX Runtime with int8 weights, exported "
+        "once from the same local weights into data_dir/models; faster on CPU, cosine to fp32 >= 0.99). "
+        "Changing it re-embeds on the next ingest. torch_threads also sets ONNX Runtime's threads.",
+    )
+
     # --- chunking
     chunk_size: int = Field(1000, ge=50, le=20000, description="Target chunk length in characters.")
     chunk_overlap: int = Field(150, ge=0, le=5000, description="Overlap between chunks in characters.")
@@ -93,9 +101,16 @@ class Settings(BaseSettings):
     )
     openai_timeout_s: float = Field(60.0, gt=0, description="Timeout per call to the OpenAI-compatible server.")
 
+    # --- generation: local prompt cache (rag/generation)
+    generator_cache_prompt: bool = Field(
+        False,
+        description="Reuse the local model's KV cache for a shared prompt prefix: about 1 s faster per answer, "
+        "but answers then depend on the previous request (not reproducible bit for bit).",
+    )
+
     # --- abstention and context budget
     min_relevance: float = Field(0.3, ge=-1, le=1, description="Abstain when the best dense score is below.")
-    context_chars: int = Field(1500, ge=100, le=100000, description="Character budget for the prompt context.")
+    context_chars: int = Field(1000, ge=100, le=100000, description="Character budget for the prompt context.")
     confidence_slope: float = Field(12.0, gt=0, description="Logistic slope on the top cosine similarity.")
     confidence_center: float = Field(0.45, ge=-1, le=1, description="Top cosine at which confidence is 0.5.")
     uncited_factor: float = Field(0.6, ge=0, le=1, description="Confidence multiplier for answers citing nothing.")
@@ -118,6 +133,29 @@ class Settings(BaseSettings):
 
     # --- evaluation / tracking
     mlflow_tracking_uri: str | None = Field(None, description="Default: sqlite under data_dir.")
+
+    # --- evaluation suite (eval/: `rag eval`, `rag promote`)
+    eval_judge: Literal["local", "openai", "none"] = Field(
+        "local", description="RAGAS judge: local (GGUF through the backend interface), openai, or none."
+    )
+    judge_model_path: Path | None = Field(
+        None, description="GGUF file for the local judge; default: the generator's model (bundled Qwen2.5-1.5B)."
+    )
+    judge_base_url: str | None = Field(
+        None, description="OpenAI-compatible URL for the openai judge; default: RAG_OPENAI_BASE_URL."
+    )
+    judge_model: str | None = Field(None, description="Model name for the openai judge; default: RAG_OPENAI_MODEL.")
+    judge_timeout_s: float = Field(180.0, gt=0, description="Time limit per judge call (CPU-sized).")
+    judge_retries: int = Field(1, ge=0, le=10, description="Extra attempts after a failed or timed-out judge call.")
+    judge_max_tokens: int = Field(512, ge=16, le=8192, description="Maximum tokens per judge verdict.")
+    eval_retrieval_depth: int = Field(
+        100, ge=10, le=1000, description="Chunks retrieved per question for the retrieval metrics."
+    )
+    eval_min_slice_size: int = Field(30, ge=1, description="Slices with fewer questions get no value.")
+    eval_bootstrap_resamples: int = Field(1000, ge=100, le=100000, description="Bootstrap resamples for CIs.")
+    eval_gate_max_drop: float = Field(
+        0.05, ge=0, le=1, description="The release gate fails when a primary metric drops by more than this."
+    )
 
     @field_validator("chroma_url", "openai_base_url", "mlflow_tracking_uri", mode="before")
     @classmethod

@@ -51,7 +51,7 @@ def make_client(
         overrides.setdefault("api_keys", [API_KEY])
         settings = Settings(**overrides)
         backend = smollm if settings.generator == "local" else None
-        answerer = make_answerer(settings, embed=embedder.embed, backend=backend)
+        answerer = make_answerer(settings, backend=backend)
         services = Services(settings, embedder=embedder, answerer=answerer)
         client = TestClient(create_app(settings, services=services))
         client.__enter__()

@@ -1,0 +1,1 @@
+"""Answer generation: prompts, context budgeting, LLM backends, citations and the answerer."""
