@@ -5,53 +5,104 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from api.guards import BodySizeLimit, GenerationGate, KeyChecker, RateLimiter, client_id
 from api.jobs import Job, JobRunner, allowed_path
 from api.observability import Metrics, QueryLog, configure_json_logging
-from api.problems import ApiError, install_problem_handlers, problem
+from api.problems import ApiError, install_problem_handlers, problem, problem_responses
 from ingest.pipeline import IngestionPipeline
 from rag.embedding import Embedder
-from rag.errors import RagError
+from rag.errors import NotFoundError, RagError
 from rag.generation.answerer import Answerer, make_answerer
 from rag.index_status import index_status
+from rag.manifest import Manifest
+from rag.ml.drift_report import latest_drift_status
 from rag.pipeline import QueryPipeline, QueryResponse, StreamEvent
 from rag.settings import Settings
+from rag.sparse import FILTERABLE_KEYS
 from rag.store import VectorStore, make_client
 
 log = logging.getLogger("rag.api")
 STATIC = Path(__file__).parent / "static"
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$"
 
+# What each route may answer besides its success (documented in the OpenAPI schema, checked by fuzzing).
+_GUARDS = ("validation_error", "malformed_request", "rate_limited", "not_ready", "payload_too_large")
+_KEYED = ("unauthorized", "auth_not_configured")
+QUERY_PROBLEMS = problem_responses(
+    *_GUARDS, *_KEYED, "invalid_input", "unsafe_input", "not_found", "index_not_ready", "store_unavailable",
+    "overloaded", "model_error", "timeout", "generation_timeout",
+)  # fmt: skip
+INFO_PROBLEMS = problem_responses("rate_limited", "not_ready", *_KEYED, "index_not_ready", "store_unavailable")
+INGEST_PROBLEMS = problem_responses(
+    *_GUARDS, *_KEYED, "forbidden_path", "invalid_input", "source_not_found", "ingestion_running"
+)
+JOB_PROBLEMS = problem_responses("validation_error", "rate_limited", "not_ready", *_KEYED, "not_found")
+READINESS = {
+    503: {"description": "Not ready: the body says which check failed.", "content": {"application/json": {}}}
+}
+# Declared so the OpenAPI schema names the two ways to send a key; ``KeyChecker`` does the checking.
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from RAG_API_KEYS.")
+BEARER = HTTPBearer(auto_error=False, description="An API key from RAG_API_KEYS as a bearer token.")
+
+
+_SCALAR: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+_LIST = {"type": "array", "items": _SCALAR, "minItems": 1}
+# The filter grammar, published in the OpenAPI schema (``rag.retrieval.normalise_filters`` enforces it, with 422).
+FILTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"enum": list(FILTERABLE_KEYS)},
+    "additionalProperties": {
+        "anyOf": [
+            _SCALAR,
+            {
+                "type": "object",
+                "properties": {"$eq": _SCALAR, "$ne": _SCALAR, "$in": _LIST, "$nin": _LIST},
+                "additionalProperties": False,
+                "minProperties": 1,
+            },
+        ]
+    },
+}
+
 
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(max_length=100_000, description="The question; normalised and screened before use.")
+    question: str = Field(
+        max_length=100_000,
+        description="The question; normalised and screened before use.",
+        json_schema_extra={"minLength": 1},  # documented; a blank question is refused by the screening (422)
+    )
     top_k: int | None = Field(None, ge=1, le=20, description="Chunks to retrieve (default 4, RAG_TOP_K).")
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN, description="Default: RAG_COLLECTION.")
     mode: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="Default: RAG_RETRIEVAL_MODE.")
-    filters: dict[str, Any] | None = Field(
-        None, description='Metadata filter on doc_id, source, title or format, e.g. {"format": {"$in": ["pdf"]}}.'
+    filters: Annotated[dict[str, Any], WithJsonSchema(FILTER_SCHEMA)] | None = Field(
+        None,
+        description='Metadata filter on doc_id, source, title or format, e.g. {"format": {"$in": ["pdf"]}}.',
     )
 
 
 class IngestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    paths: list[str] = Field(min_length=1, max_length=100, description="Paths under RAG_INGEST_ROOTS.")
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        min_length=1, max_length=100, description="Paths under RAG_INGEST_ROOTS."
+    )
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
     prune: bool = True
 
@@ -65,11 +116,14 @@ class JobAccepted(BaseModel):
 class Services:
     """Everything a request needs, built once per process and shared by all requests."""
 
-    def __init__(self, settings: Settings, *, embedder: Embedder | None = None, answerer: Answerer | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, embedder: Embedder | None = None, answerer: Answerer | None = None
+    ) -> None:
         self.settings = settings
         self.embedder = embedder or Embedder(settings)
-        self.client = make_client(settings)
-        self.answerer: Answerer = answerer or make_answerer(settings, embed=self.embedder.embed)
+        self._client: Any | None = None
+        self._client_lock = threading.Lock()
+        self.answerer: Answerer = answerer or make_answerer(settings)
         self._pipelines: dict[str, QueryPipeline] = {}
         self.gate = GenerationGate(
             settings.max_concurrent_generations, settings.max_queued_requests, settings.request_timeout_s
@@ -81,12 +135,28 @@ class Services:
         self.jobs = JobRunner(settings, self.ingestion_pipeline)
         self.ready = False
 
+    @property
+    def client(self) -> Any:
+        """The Chroma client shared by every collection, made on first use.
+
+        Made lazily (and again after a failed attempt) so the API starts, and answers 503 ``store_unavailable``,
+        while a Chroma server is still down; ``chromadb.HttpClient`` refuses to construct without a server.
+        Once made, it reconnects by itself when a restarted server comes back.
+        """
+        with self._client_lock:
+            if self._client is None:
+                self._client = make_client(self.settings)
+            return self._client
+
     def store(self, collection: str) -> VectorStore:
         return VectorStore(self.settings, collection, client=self.client)
 
     def pipeline(self, collection: str | None = None) -> QueryPipeline:
         name = collection or self.settings.collection
         if name not in self._pipelines:
+            if name != self.settings.collection and not Manifest.path_for(self.settings.manifest_dir, name).exists():
+                # Only ingested collections get a pipeline: a made-up name must not grow this cache.
+                raise NotFoundError(f"collection {name!r} does not exist", hint="ingest into it first")
             settings = (
                 self.settings if name == self.settings.collection else self.settings.with_overrides(collection=name)
             )
@@ -168,7 +238,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return services
 
     def rate_limited(request: Request, services: Services = Depends(services_dep)) -> Services:
-        services.limiter.check(client_id(request))
+        services.limiter.check(client_id(request, services.keys))
         return services
 
     def query_access(request: Request, services: Services = Depends(rate_limited)) -> Services:
@@ -176,7 +246,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             services.keys.require(request)
         return services
 
-    def admin_access(request: Request, services: Services = Depends(rate_limited)) -> Services:
+    def admin_access(
+        request: Request,
+        services: Services = Depends(rate_limited),
+        _header: str | None = Security(API_KEY_HEADER),
+        _bearer: Any = Security(BEARER),
+    ) -> Services:
         services.keys.require(request)
         return services
 
@@ -208,7 +283,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses=READINESS)
     async def readyz(request: Request) -> JSONResponse:
         """Readiness: models loaded, store reachable, index present."""
         services: Services | None = request.app.state.services
@@ -224,15 +299,16 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         ready = checks["models_loaded"] and checks.get("store") == "ok" and bool(checks.get("index_version"))
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         services: Services | None = request.app.state.services
         if services is None:
             return Response(b"", media_type=CONTENT_TYPE_LATEST)
         services.metrics.queue_depth.set(services.gate.depth)
+        services.metrics.observe_drift(latest_drift_status(services.settings, kind="query_log"))
         return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/info", tags=["query"])
+    @app.get("/v1/info", tags=["query"], responses=INFO_PROBLEMS)
     async def info(services: Services = Depends(query_access)) -> dict[str, Any]:
         """Versions and the pipeline configuration this process serves."""
         pipeline = services.pipeline()
@@ -241,7 +317,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             "config": pipeline.to_dict(),
         }
 
-    @app.post("/v1/query", response_model=QueryResponse, tags=["query"])
+    @app.post("/v1/query", response_model=QueryResponse, tags=["query"], responses=QUERY_PROBLEMS)
     async def query(body: QueryRequest, request: Request, services: Services = Depends(query_access)) -> QueryResponse:
         """Answer a question with citations, or abstain with the fixed answer."""
 
@@ -259,7 +335,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         assert isinstance(event.data, QueryResponse)
         return event.data
 
-    @app.post("/v1/query/stream", tags=["query"], response_class=StreamingResponse)
+    @app.post(
+        "/v1/query/stream",
+        tags=["query"],
+        response_class=StreamingResponse,
+        responses={200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}, **QUERY_PROBLEMS},
+    )
     async def query_stream(
         body: QueryRequest, request: Request, services: Services = Depends(query_access)
     ) -> Response:
@@ -289,14 +370,14 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/ingest", status_code=202, response_model=JobAccepted, tags=["admin"])
+    @app.post("/v1/ingest", status_code=202, response_model=JobAccepted, tags=["admin"], responses=INGEST_PROBLEMS)
     async def ingest(body: IngestRequest, request: Request, services: Services = Depends(admin_access)) -> JobAccepted:
         """Start a background ingestion of paths under the configured roots (API key required)."""
         paths = [allowed_path(raw, services.settings.ingest_roots) for raw in body.paths]
         job = services.jobs.submit(paths, body.collection or services.settings.collection, body.prune)
         return JobAccepted(job_id=job.id, state=job.state, status_url=f"/v1/jobs/{job.id}")
 
-    @app.get("/v1/jobs/{job_id}", response_model=Job, tags=["admin"])
+    @app.get("/v1/jobs/{job_id}", response_model=Job, tags=["admin"], responses=JOB_PROBLEMS)
     async def job_status(job_id: str, services: Services = Depends(admin_access)) -> Job:
         """State and summary of an ingestion job (API key required)."""
         return services.jobs.get(job_id)

@@ -90,9 +90,14 @@ class RateLimiter:
                 self._buckets = {k: v for k, v in self._buckets.items() if v[1] > cutoff}
 
 
-def client_id(request: Request) -> str:
+def client_id(request: Request, keys: KeyChecker | None = None) -> str:
+    """Rate-limit bucket and log id: the key's fingerprint, else the client address.
+
+    With ``keys`` given (rate limiting), only a configured key gets its own bucket: an unknown key counts as no
+    key, so sending made-up keys cannot buy fresh buckets.
+    """
     key = presented_key(request)
-    if key:
+    if key and (keys is None or keys.valid(key)):
         return f"key:{key_fingerprint(key)}"
     return f"ip:{request.client.host if request.client else 'unknown'}"
 

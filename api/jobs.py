@@ -48,10 +48,16 @@ def allowed_path(raw: str, roots: list[Path]) -> Path:
     resolved_roots = [root.resolve() for root in roots]
     if not candidate.is_absolute():
         candidate = resolved_roots[0] / candidate
-    resolved = candidate.resolve()
-    if not any(resolved == root or resolved.is_relative_to(root) for root in resolved_roots):
+    try:  # a symlink loop or an over-long name is the caller's mistake, not a server error
+        resolved = candidate.resolve()
+        inside = any(resolved == root or resolved.is_relative_to(root) for root in resolved_roots)
+        exists = inside and resolved.exists()
+    except (OSError, RuntimeError) as exc:
+        reason = f"path {raw[:200]!r} cannot be resolved ({type(exc).__name__})"
+        raise ApiError(422, "invalid_input", reason) from exc
+    if not inside:
         raise ApiError(403, "forbidden_path", f"{raw!r} is outside the allowed ingestion roots")
-    if not resolved.exists():
+    if not exists:
         raise ApiError(404, "source_not_found", f"{raw!r} does not exist under the ingestion roots")
     return resolved
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -48,12 +50,159 @@ def hash_weights(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+ONNX_RECIPE_VERSION = 2
+# The FFN output projections of the first two layers stay fp32: quantizing them caused most of the int8 error
+# (per-layer sensitivity on SciFact chunks, docs/PERFORMANCE.md); with them kept, cosine to fp32 stays >= 0.99.
+ONNX_FP32_NODES = ("/encoder/layer.0/output/dense/MatMul", "/encoder/layer.1/output/dense/MatMul")
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def onnx_int8_recipe() -> dict[str, Any]:
+    """What defines the exported int8 encoder; part of its identity, so a recipe change re-embeds."""
+    return {
+        "version": ONNX_RECIPE_VERSION,
+        "export": "torch.onnx.export(dynamo=False), opset 17, last_hidden_state",
+        "quantization": "onnxruntime quantize_dynamic, QInt8 weights, per_channel, MatMul only",
+        "fp32_nodes": list(ONNX_FP32_NODES),
+        "inference": "one text per call, unpadded, mean pooling, L2-normalised",
+    }
+
+
+def export_onnx_int8(model_dir: Path, out_dir: Path) -> Path:
+    """Export the local sentence-transformers model to ONNX and quantize it to int8; returns the model file.
+
+    Runs once per (weights, recipe): the result is cached in ``out_dir`` and published with an atomic rename,
+    so concurrent processes never load a half-written file. Nothing is downloaded.
+    """
+    target = out_dir / "model.int8.onnx"
+    if target.is_file():
+        return target
+    import warnings
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from sentence_transformers import SentenceTransformer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    transformer = module[0].auto_model.eval()
+
+    class LastHidden(torch.nn.Module):  # keyword arguments: BERT's positional order differs across versions
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    sample = module.tokenizer(["an example", "a longer example sentence"], padding=True, return_tensors="pt")
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*ONNX_INPUTS, "last_hidden_state")}
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                LastHidden(transformer),
+                tuple(sample[name] for name in ONNX_INPUTS),
+                str(fp32),
+                input_names=list(ONNX_INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
+        import onnx
+
+        names = {node.name for node in onnx.load(str(fp32)).graph.node}
+        keep = [name for name in names if name.endswith(ONNX_FP32_NODES)]
+        staged = Path(tmp) / "model.int8.onnx"
+        quantize_dynamic(
+            str(fp32),
+            str(staged),
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep,
+            extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT: for nodes shape inference leaves untyped
+        )
+        (out_dir / "recipe.json").write_text(json.dumps(onnx_int8_recipe(), indent=2))
+        os.replace(staged, target)
+    return target
+
+
+class OnnxEncoder:
+    """Mean-pooled sentence embeddings from an ONNX model; offers what ``Embedder`` uses of SentenceTransformer.
+
+    One text per session call, never padded: with dynamic int8 quantization a batch shares one activation scale,
+    so a text's vector would depend on the texts (and padding) beside it. Unbatched it depends on the text alone,
+    and it measured faster too (no padding work, activations stay in cache; docs/PERFORMANCE.md).
+    ``batch_size`` is accepted for interface compatibility and only bounds tokenization chunks.
+    """
+
+    def __init__(self, model_file: Path, tokenizer_dir: Path, max_seq_length: int, threads: int = 0) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        pooling = tokenizer_dir / "1_Pooling" / "config.json"
+        if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False):
+            raise ModelError(
+                f"{tokenizer_dir} does not use mean pooling; the onnx-int8 backend supports mean pooling only",
+                hint="set RAG_EMBEDDING_BACKEND=torch",
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Busy-waiting worker threads steal the CPU from the rest of the pipeline (and other processes).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.max_seq_length = max_seq_length
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.session.get_outputs()[0].shape[-1])
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize_embeddings: bool = True,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
+        result = np.zeros((len(texts), self.get_embedding_dimension()), dtype=np.float32)
+        step = max(batch_size, 256)
+        for start in range(0, len(texts), step):
+            encoded = self.tokenizer(
+                list(texts[start : start + step]),
+                add_special_tokens=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+            )
+            for offset, (ids, types) in enumerate(zip(encoded["input_ids"], encoded["token_type_ids"], strict=True)):
+                feeds = {
+                    "input_ids": np.asarray([ids], dtype=np.int64),
+                    "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+                    "token_type_ids": np.asarray([types], dtype=np.int64),
+                }
+                hidden = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+                result[start + offset] = hidden[0].mean(axis=0)
+        if normalize_embeddings:
+            result /= np.clip(np.linalg.norm(result, axis=1, keepdims=True), 1e-12, None)
+        return result
+
+
 class Embedder:
     """Encodes text into L2-normalised vectors; counts tokens so chunking can avoid silent truncation."""
 
     def __init__(self, settings: Settings) -> None:
         self.model_dir = Path(settings.embedding_model_path or bundled_model_path())
         self.batch_size = settings.embedding_batch_size
+        self.backend = settings.embedding_backend
+        self.threads = settings.torch_threads
+        self._models_dir = settings.models_dir
         self._weights_cache = settings.models_dir / "embedding-weights.json"
         if settings.torch_threads:
             import torch
@@ -64,8 +213,8 @@ class Embedder:
 
     @cached_property
     def model(self) -> Any:
+        """The encoder: a SentenceTransformer (torch) or an ``OnnxEncoder`` (onnx-int8) with the same interface."""
         import transformers
-        from sentence_transformers import SentenceTransformer
 
         # Token counting runs on over-long text on purpose (to find chunks to split): silence that warning
         # and the weight-loading progress bar; our own progress bar covers the work.
@@ -73,9 +222,23 @@ class Embedder:
         transformers.logging.disable_progress_bar()
 
         try:
+            if self.backend == "onnx-int8":
+                model_file = export_onnx_int8(self.model_dir, self.onnx_dir)
+                return OnnxEncoder(model_file, self.model_dir, self.max_tokens, self.threads)
+            from sentence_transformers import SentenceTransformer
+
             return SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
+        except ModelError:
+            raise
         except Exception as exc:
-            raise ModelError(f"cannot load the embedding model from {self.model_dir}: {exc}") from exc
+            raise ModelError(
+                f"cannot load the {self.backend} embedding model from {self.model_dir}: {exc}"
+            ) from exc
+
+    @property
+    def onnx_dir(self) -> Path:
+        """Cache of the int8 export, keyed by the source weights and the recipe."""
+        return self._models_dir / "onnx-int8" / f"{self.source_weights_sha256[:16]}-r{ONNX_RECIPE_VERSION}"
 
     @cached_property
     def max_tokens(self) -> int:
@@ -94,11 +257,21 @@ class Embedder:
     def name(self) -> str:
         card = self.model_dir / "README.md"
         if card.exists() and "all-MiniLM-L6-v2" in card.read_text(encoding="utf-8", errors="ignore")[:4000]:
-            return "sentence-transformers/all-MiniLM-L6-v2"
-        return self.model_dir.name
+            base = "sentence-transformers/all-MiniLM-L6-v2"
+        else:
+            base = self.model_dir.name
+        return base if self.backend == "torch" else f"{base} ({self.backend})"
 
     @cached_property
     def weights_sha256(self) -> str:
+        """Identity of the vectors: the source weights, plus the export recipe for the int8 backend."""
+        if self.backend == "torch":
+            return self.source_weights_sha256
+        payload = json.dumps({"source": self.source_weights_sha256, "onnx-int8": onnx_int8_recipe()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    @cached_property
+    def source_weights_sha256(self) -> str:
         """Hashing 90 MB takes ~0.3 s; cache it by (path, size, mtime) of the weight files."""
         stamp = [
             [str(p), p.stat().st_size, p.stat().st_mtime_ns]
@@ -124,7 +297,12 @@ class Embedder:
         return int(self.model.get_embedding_dimension())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "weights_sha256": self.weights_sha256, "max_tokens": self.max_tokens}
+        return {
+            "name": self.name,
+            "weights_sha256": self.weights_sha256,
+            "max_tokens": self.max_tokens,
+            "backend": self.backend,
+        }
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts including the two special tokens, without truncation."""

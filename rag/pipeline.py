@@ -227,7 +227,8 @@ class QueryPipeline:
             shown = generated.cited_contexts
             cited = bool(shown)
             if not shown:  # an uncited answer still shows what it was based on, marked as not cited
-                shown = generated.contexts
+                inferred = set(generated.inferred_citations)
+                shown = [c for c in generated.contexts if c.index in inferred] or generated.contexts
             citations = [
                 Citation(
                     index=ctx.index,

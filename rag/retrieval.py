@@ -1,15 +1,26 @@
-"""Dense (Chroma), sparse (BM25) and hybrid retrieval fused by weighted reciprocal rank fusion.
+"""Dense (Chroma), sparse (BM25) and hybrid retrieval: a convex combination of normalised scores (default) or
+weighted reciprocal rank fusion (``RAG_FUSION``).
 
 Every returned chunk carries its cosine similarity to the question, also when BM25 found it, because
 abstention and confidence are decided on that one comparable scale.
+
+Consistency while an ingestion runs. Chroma is updated in place, so the snapshot of a published index version is
+its BM25 directory: the version stamp and the exact chunk ids of that version, swapped in as a whole by ingestion
+as its last step. Every query reads one snapshot and reports its version; dense hits outside that snapshot's
+chunk ids (written by a run still in progress) are left out, and a chunk the run deleted meanwhile is dropped,
+never replaced. So each answer uses only chunks of the version it reports (possibly fewer of them), and that
+version is one that was published. Chunk ids hash their content, so a chunk id always means the same text.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -54,10 +65,28 @@ class RetrievalResult:
         return max((c.dense_score for c in self.chunks), default=None)
 
 
+def _scalar_kind(value: Any) -> str | None:
+    """The Chroma metadata type of a filter operand, or None when Chroma cannot compare against it.
+
+    Chroma stores str, bool, 64-bit int and float; NaN/inf and out-of-range integers make it fail the whole query,
+    which must surface as the caller's 422, not as a store outage.
+    """
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -(2**63) <= value < 2**63 else None
+    if isinstance(value, float):
+        return "float" if math.isfinite(value) else None
+    if isinstance(value, str):
+        return "str"
+    return None
+
+
 def normalise_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     """Validate the metadata filter and turn it into Chroma's ``where`` syntax."""
     if not filters:
         return None
+    scalar = "a string, a boolean, a finite number or a 64-bit integer"
     clauses: list[dict[str, Any]] = []
     for key, condition in filters.items():
         if key not in FILTERABLE_KEYS:
@@ -71,14 +100,52 @@ def normalise_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
                     hint=f"operators: {', '.join(sorted(FILTER_OPERATORS))}",
                 )
             for op, operand in condition.items():
-                if op in {"$in", "$nin"} and (not isinstance(operand, list) or not operand):
-                    raise InvalidInputError(f"{key}.{op} needs a non-empty list")
-                if op in {"$eq", "$ne"} and not isinstance(operand, str | int | float | bool):
-                    raise InvalidInputError(f"{key}.{op} needs a string, number or boolean")
-        elif not isinstance(condition, str | int | float | bool):
-            raise InvalidInputError(f"filter value for {key!r} must be a string, number, boolean or operator object")
+                if op in {"$in", "$nin"}:
+                    if not isinstance(operand, list) or not operand:
+                        raise InvalidInputError(f"{key}.{op} needs a non-empty list")
+                    kinds = {_scalar_kind(item) for item in operand}
+                    if None in kinds or len(kinds) > 1:
+                        raise InvalidInputError(f"{key}.{op} needs a list of {scalar} values, all of one type")
+                elif _scalar_kind(operand) is None:
+                    raise InvalidInputError(f"{key}.{op} needs {scalar}")
+        elif _scalar_kind(condition) is None:
+            raise InvalidInputError(f"filter value for {key!r} must be {scalar}, or an operator object")
         clauses.append({key: condition})
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def fuse(
+    dense: Sequence[tuple[str, float]],
+    sparse: Sequence[tuple[str, float]],
+    *,
+    method: Literal["convex", "rrf"],
+    rrf_k: int,
+    dense_weight: float,
+    bm25_weight: float,
+) -> dict[str, float]:
+    """Hybrid score per chunk id from the dense and BM25 candidate lists (each best first, with its scores).
+
+    ``convex``: the weighted mean of each list's min-max normalised scores (a chunk missing from a list gets 0
+    from it; a list whose scores are all equal gives 1). ``rrf``: weighted reciprocal rank fusion,
+    weight / (rrf_k + rank). Convex was chosen on SciFact train queries (docs/PERFORMANCE.md): it keeps how much
+    better the first hits are, which ranks alone throw away.
+    """
+    fused: dict[str, float] = {}
+    if method == "rrf":
+        for weight, ranked in ((dense_weight, dense), (bm25_weight, sparse)):
+            for rank, (chunk_id, _) in enumerate(ranked, start=1):
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (rrf_k + rank)
+        return fused
+    total = dense_weight + bm25_weight
+    for weight, ranked in ((dense_weight, dense), (bm25_weight, sparse)):
+        if not ranked:
+            continue
+        low = min(score for _, score in ranked)
+        high = max(score for _, score in ranked)
+        for chunk_id, score in ranked:
+            norm = (score - low) / (high - low) if high > low else 1.0
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + (weight * norm / total if total > 0 else 0.0)
+    return fused
 
 
 class Retriever:
@@ -89,9 +156,12 @@ class Retriever:
         self.embedder = embedder or Embedder(settings)
         self.store = store or VectorStore(settings)
         self._sparse: SparseIndex | None = None
+        self._sparse_ids: frozenset[str] = frozenset()
         self._sparse_lock = threading.Lock()
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._version_stamp: tuple[int, int, int] | None = None  # manifest file (inode, mtime, size) last read
+        self._version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         s = self.settings
@@ -99,6 +169,7 @@ class Retriever:
             "mode": s.retrieval_mode,
             "top_k": s.top_k,
             "candidate_k": s.candidate_k,
+            "fusion": s.fusion,
             "rrf_k": s.rrf_k,
             "dense_weight": s.dense_weight,
             "bm25_weight": s.bm25_weight,
@@ -106,7 +177,24 @@ class Retriever:
         }
 
     def index_version(self) -> str | None:
-        return Manifest.load(self.settings.manifest_dir, self.store.name).index_version
+        """The manifest's index version, re-read only when the manifest file changes.
+
+        Parsing a SciFact-sized manifest (5k documents) takes 0.1-0.5 s, far more than the rest of a query
+        (docs/PERFORMANCE.md); ingestion replaces the file atomically, so its stat stamp changes with every save.
+        """
+        path = Manifest.path_for(self.settings.manifest_dir, self.store.name)
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        with self._cache_lock:
+            if self._version_stamp == stamp:
+                return self._version
+        version = Manifest.load(self.settings.manifest_dir, self.store.name).index_version
+        with self._cache_lock:
+            self._version_stamp, self._version = stamp, version
+        return version
 
     def embed_query(self, question: str) -> np.ndarray:
         with self._cache_lock:
@@ -121,12 +209,24 @@ class Retriever:
                 self._query_cache.popitem(last=False)
         return vector
 
-    def sparse_index(self, version: str | None) -> SparseIndex | None:
-        """The BM25 index for ``version``; reloaded when ingestion has published a new one."""
+    def sparse_index(self) -> SparseIndex | None:
+        """The latest published BM25 snapshot; reloaded when ingestion has published a new one.
+
+        While ingestion swaps the directory, a load can see it missing or half-replaced: then the load is retried,
+        and meanwhile the snapshot already held keeps serving.
+        """
+        directory = SparseIndex.directory(self.settings.bm25_dir, self.store.name)
         with self._sparse_lock:
-            if self._sparse is None or self._sparse.version != version:
-                self._sparse = SparseIndex.load(SparseIndex.directory(self.settings.bm25_dir, self.store.name))
+            on_disk = SparseIndex.stored_version(directory)
+            if on_disk is not None and (self._sparse is None or self._sparse.version != on_disk):
+                loaded = _load_snapshot(directory)
+                if loaded is not None:
+                    self._sparse, self._sparse_ids = loaded, frozenset(loaded.chunk_ids)
             return self._sparse
+
+    def published_chunk_ids(self, index: SparseIndex) -> frozenset[str]:
+        with self._sparse_lock:
+            return self._sparse_ids if index is self._sparse else frozenset(index.chunk_ids)
 
     def retrieve(
         self,
@@ -144,30 +244,37 @@ class Retriever:
             raise IndexNotReadyError(
                 f"collection {self.store.name!r} has no documents yet", hint="run `rag ingest PATH` first"
             )
+        index = self.sparse_index()
+        if index is None and mode != "dense":
+            raise IndexNotReadyError("the BM25 index is missing", hint="run `rag ingest` again to rebuild it")
         query = self.embed_query(question)
         pool = max(k, self.settings.candidate_k)
         dense: list[StoredChunk] = self.store.query(query, pool, where) if mode != "bm25" else []
         sparse = []
-        if mode != "dense":
-            index = self.sparse_index(version)
-            if index is None:
-                raise IndexNotReadyError("the BM25 index is missing", hint="run `rag ingest` again to rebuild it")
-            sparse = index.search(question, pool, where)
+        if index is not None:  # answer from one published snapshot (see the module docstring)
+            version = index.version
+            published = self.published_chunk_ids(index)
+            dense = [c for c in dense if c.chunk_id in published]
+            if mode != "dense":
+                sparse = index.search(question, pool, where)
 
         dense_rank = {c.chunk_id: rank for rank, c in enumerate(dense, start=1)}
         sparse_rank = {h.chunk_id: rank for rank, h in enumerate(sparse, start=1)}
         sparse_score = {h.chunk_id: h.score for h in sparse}
         fused: dict[str, float] = {}
-        rrf_k = self.settings.rrf_k
         if mode == "dense":
             fused = {c.chunk_id: c.score for c in dense}
         elif mode == "bm25":
             fused = dict(sparse_score)
         else:
-            for chunk_id, rank in dense_rank.items():
-                fused[chunk_id] = fused.get(chunk_id, 0.0) + self.settings.dense_weight / (rrf_k + rank)
-            for chunk_id, rank in sparse_rank.items():
-                fused[chunk_id] = fused.get(chunk_id, 0.0) + self.settings.bm25_weight / (rrf_k + rank)
+            fused = fuse(
+                [(c.chunk_id, c.score) for c in dense],
+                [(h.chunk_id, h.score) for h in sparse],
+                method=self.settings.fusion,
+                rrf_k=self.settings.rrf_k,
+                dense_weight=self.settings.dense_weight,
+                bm25_weight=self.settings.bm25_weight,
+            )
         top_ids = sorted(fused, key=lambda cid: (-fused[cid], cid))[:k]
 
         known = {c.chunk_id: c for c in dense}
@@ -197,3 +304,17 @@ class Retriever:
             if cid in known  # a chunk deleted between the two lookups is dropped, never invented
         ]
         return RetrievalResult(chunks, mode, version, query, time.perf_counter() - started)
+
+
+def _load_snapshot(directory: Path, attempts: int = 20) -> SparseIndex | None:
+    """Load a BM25 directory whose stamp reads the same before and after, retrying across an ingestion's swap."""
+    for _ in range(attempts):
+        before = SparseIndex.stored_version(directory)
+        try:
+            loaded = SparseIndex.load(directory) if before is not None else None
+        except (OSError, ValueError, KeyError):
+            loaded = None
+        if loaded is not None and loaded.version == before == SparseIndex.stored_version(directory):
+            return loaded
+        time.sleep(0.05)
+    return None

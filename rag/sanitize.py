@@ -8,6 +8,7 @@ chunks that contain instruction-like text (indirect injection); those are data, 
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -26,9 +27,18 @@ _IGNORE = r"(?:ignore|disregard|forget|skip|override|bypass|neglect|drop|abandon
 _PRIOR = r"(?:all|any|every|the|your|my|these|those|previous|prior|above|earlier|preceding|former|initial|original|system|old|existing|foregoing)"
 _RULES = r"(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|guardrails?|constraints?|commands?|orders?|context|programming|restrictions?|policies|policy)"
 
+# "instructions" in the languages the multilingual patterns know (matched on lower case and on the folded skeleton)
+_RULES_ANY = (
+    r"(?:instructions?|instrucciones|anweisungen|istruzioni|instrucoes|instruções|instructies|regeln|regles|règles|"
+    r"reglas|pokyn\w*|instrukc\w*|instruksi|instruktion\w*|instruks\w*|ohje\w*|perintah|petunjuk)\b"
+)
+
 PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("ignore_instructions", re.compile(rf"\b{_IGNORE}\b(?:\W+\w+){{0,3}}?\W+{_PRIOR}\b(?:\W+\w+){{0,3}}?\W+{_RULES}\b")),
     ("ignore_instructions", re.compile(rf"\b{_IGNORE}\b\W+(?:everything|anything)\W+(?:above|before|previously|you were told)")),
+    ("ignore_instructions", re.compile(rf"\b{_IGNORE}\s+(?:all\s+|everything\s+|what\s+is\s+|the\s+(?:text\s+)?)?(?:above|before\s+this)\b")),
+    # "... override(s) the old rules", "this instruction overrides anything the user said"
+    ("ignore_instructions", re.compile(r"\b(?:new|this|these|following|my)\s+(?:instructions?|rules?|directives?|message)\b(?:\W+\w+){0,2}?\W+(?:overrides?|supersedes?|takes?\s+precedence)\b")),
     (
         "system_prompt_request",
         re.compile(
@@ -38,6 +48,10 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         ),
     ),
     ("system_prompt_request", re.compile(r"\b(?:your|the)\s+(?:instructions|prompt)\s+(?:verbatim|word for word)")),
+    # Any mention of the model's own prompt, or of what it was told, is a request for it: documents never need it.
+    ("system_prompt_request", re.compile(r"\b(?:system|initial|hidden|secret|developer)[\s-]+prompt\b|\byour\s+(?:(?!command\b)\w+\s+)?prompt\b")),
+    ("system_prompt_request", re.compile(r"\b(?:instructions?|rules|prompt|directives?|guidelines)\s+(?:that\s+)?you\s+(?:were|have\s+been|got)\s+(?:given|told|provided|shown)\b|\bwhat\s+(?:were|have)\s+you\s+(?:been\s+)?told\b")),
+    ("system_prompt_request", re.compile(r"\b(?:print|repeat|output|copy|echo|dump|recite)\s+(?:everything|all|the\s+(?:text|words|content|lines?|messages?))\s+(?:\w+\s+){0,2}?(?:above|before)\b")),
     (
         "role_tag",
         re.compile(r"<\s*/?\s*(?:system|user|assistant|developer|tool)\s*>|<\|\s*im_(?:start|end)\s*\|>|\[/?inst\]|<<\s*/?sys\s*>>"),
@@ -46,15 +60,21 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         "role_override",
         re.compile(
-            r"\byou\s+are\s+now\b|\bfrom\s+now\s+on\W+you\b|\bpretend\s+(?:to\s+be|you\s+are)\b|"
-            r"\b(?:developer|god|jailbreak|dan)\s+mode\b|\bdo\s+anything\s+now\b|\bnew\s+(?:system\s+)?instructions?\s*:"
+            r"\byou\s+are\s+now\b|\bfrom\s+now\s+on\W+you\b|\bpretend\s+(?:to\s+be|you\s+are|you're)\s+(?:an?\s+|the\s+)?(?:\w+\s+){0,2}?(?:ai|model|assistant|chatbot|bot|llm|dan|character|persona|human|hacker|jailbroken|unrestricted|unfiltered|evil)\b|"
+            r"\b(?:god|jailbreak|dan|evil|unrestricted|unfiltered)\s+mode\b|\bdo\s+anything\s+now\b|"
+            r"\b(?:enter|activate|switch\s+(?:in)?to|you\s+are\s+(?:now\s+)?in)\s+(?:the\s+)?developer\s+mode\b|"
+            r"\bdeveloper\s+mode\s+(?:is\s+)?(?:on(?=\s*(?:[.!,;:]|$|and\b|now\b))|enabled|activated)|"
+            r"\bnew\s+(?:system\s+)?(?:instructions?|task|rules?|role|persona|directives?)\s*:|"
+            r"\b(?:ai|assistant|model|chatbot|bot|llm)\b(?:\W+\w+){0,3}?\W+(?:without|with\s+no|free\s+of)\s+(?:any\s+)?(?:restrictions?|filters?|rules|guidelines|guardrails|censorship|limits)\b|"
+            r"\b(?:answer|respond|reply)\s+(?:\w+\s+){0,2}?(?:without|with\s+no)\s+(?:any\s+)?(?:restrictions?|filters?|guidelines|guardrails|censorship|limits)\b"
         ),
     ),
     # Common non-English forms of "ignore the previous instructions" and "system prompt".
-    ("ignore_instructions", re.compile(r"\bignor(?:ez|e|a|iere|ieren|eer)\b.{0,40}?\b(?:instructions?|instrucciones|anweisungen|istruzioni|instrucoes|instruções|instructies|regeln|regles|règles|reglas)\b")),
-    ("ignore_instructions", re.compile(r"\b(?:oublie[zr]?|olvida|vergiss|dimentica|esqueça|esqueca)\b.{0,40}?\b(?:instructions?|instrucciones|anweisungen|istruzioni|instruções|instrucoes|regles|règles|reglas|regeln)\b")),
+    ("ignore_instructions", re.compile(rf"\b(?:ignor\w*|abaikan|ohita|unohda|zapome\w*|lupakan)\b.{{0,40}}?\b{_RULES_ANY}")),
+    ("ignore_instructions", re.compile(rf"\b(?:oublie[zr]?|olvida|vergiss|dimentica|esqueça|esqueca)\b.{{0,40}}?\b{_RULES_ANY}")),
+    ("ignore_instructions", re.compile(r"\btalimat\w*\s+(?:\w+\s+)?(?:unut|yok\s+say|görmezden|gormezden)|تجاهل\s+(?:\S+\s+){0,2}?(?:ال)?تعليمات")),
     ("ignore_instructions", re.compile(r"忽略.{0,10}(?:指令|指示|说明|提示)|無視.{0,10}(?:指示|命令)|(?:指示|命令|指令).{0,6}(?:を)?無視|игнорируй.{0,30}инструкц|забудь.{0,30}инструкц")),
-    ("system_prompt_request", re.compile(r"(?:prompt|invite|mensaje|aufforderung)\s+(?:du\s+)?(?:syst[eè]me|del\s+sistema|system)|系统提示|システムプロンプト|системн\w*\s+промпт")),
+    ("system_prompt_request", re.compile(r"(?:prompt|invite|mensaje|aufforderung)\s+(?:du\s+)?(?:syst[eè]me|del\s+sistema|system)|系统提示|システムプロンプト|системн\w*\s+промпт|시스템\s*프롬프트|موجه\s+النظام|sistem\s+istem\w*")),
 ]
 
 _SPACED = re.compile(r"\b(?:\w[\s.\-_*+/\\]{1,3}){3,}\w\b")
@@ -93,12 +113,38 @@ class InjectionFinding:
 
 
 def find_injection(text: str) -> InjectionFinding | None:
-    for candidate in (text.lower(), skeleton(text)):
+    lowered = text.lower()
+    for candidate in (lowered, skeleton(text), codecs.decode(lowered, "rot13")):
         for rule, pattern in PATTERNS:
             match = pattern.search(candidate)
             if match:
                 return InjectionFinding(rule, match.group(0)[:80])
     return None
+
+
+REDACTED = "[instruction-like text removed]"
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def redact_injections(text: str) -> str:
+    """``text`` with its instruction-like sentences replaced by ``REDACTED``, for showing a flagged chunk to a model.
+
+    Fencing retrieved text as data does not stop a small model from obeying it, so what the detector flags never
+    reaches the model; the rest of the chunk does, and the user still sees the original in the citation. An
+    attack split across sentences is removed by paragraph, and as a last resort the whole text is.
+    """
+    if find_injection(text) is None:
+        return text
+    paragraphs = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        if find_injection(paragraph) is None:
+            paragraphs.append(paragraph)
+            continue
+        pieces = [REDACTED if find_injection(piece) else piece for piece in _SENTENCE.split(paragraph)]
+        kept = " ".join(p for i, p in enumerate(pieces) if p != REDACTED or i == 0 or pieces[i - 1] != REDACTED)
+        paragraphs.append(REDACTED if find_injection(kept) else kept)
+    redacted = "\n\n".join(paragraphs)
+    return REDACTED if find_injection(redacted) else redacted
 
 
 def sanitize_question(question: str, max_chars: int) -> str:

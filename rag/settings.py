@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in fusion.")
     bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in fusion.")
 
+    # --- hybrid fusion method (benchmarks and speed: chosen on SciFact train queries, docs/PERFORMANCE.md)
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description="How hybrid mode fuses dense and BM25: convex (weighted mean of min-max normalised scores "
+        "over each retriever's candidate_k candidates, weights dense_weight/bm25_weight) or rrf (reciprocal rank "
+        "fusion with rrf_k).",
+    )
+
     # --- generation
     generator: Literal["local", "openai", "extractive"] = Field(
         "local", description="local (in-process GGUF), openai (any OpenAI-compatible server) or extractive (no LLM)."
@@ -148,6 +156,11 @@ class Settings(BaseSettings):
     judge_timeout_s: float = Field(180.0, gt=0, description="Time limit per judge call (CPU-sized).")
     judge_retries: int = Field(1, ge=0, le=10, description="Extra attempts after a failed or timed-out judge call.")
     judge_max_tokens: int = Field(512, ge=16, le=8192, description="Maximum tokens per judge verdict.")
+    judge_cache_prompt: bool = Field(
+        True,
+        description="The local judge reuses its KV cache across verdict prompts (they share long instructions): "
+        "much faster on a CPU; verdicts are cached on disk, so reruns stay identical.",
+    )
     eval_retrieval_depth: int = Field(
         100, ge=10, le=1000, description="Chunks retrieved per question for the retrieval metrics."
     )

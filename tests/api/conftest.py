@@ -25,7 +25,9 @@ API_KEY = "test-key-0123456789"
 def sample_data_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
     """The bundled sample corpus, ingested once for every API test."""
     data_dir = tmp_path_factory.mktemp("api-data")
-    summary = IngestionPipeline(Settings(data_dir=data_dir), embedder=embedder, progress=False).run([SAMPLES / "corpus"])
+    summary = IngestionPipeline(Settings(data_dir=data_dir), embedder=embedder, progress=False).run(
+        [SAMPLES / "corpus"]
+    )
     assert summary.documents_added == 10 and not summary.documents_failed
     return data_dir
 
@@ -39,9 +41,7 @@ def smollm() -> LocalBackend:
 
 
 @pytest.fixture
-def make_client(
-    sample_data_dir: Path, embedder: Embedder, smollm: LocalBackend
-) -> Iterator[Callable[..., TestClient]]:
+def make_client(sample_data_dir: Path, embedder: Embedder, smollm: LocalBackend) -> Iterator[Callable[..., TestClient]]:
     """A real app (real index, encoder and generator) behind Starlette's HTTP test client."""
     clients: list[TestClient] = []
 
@@ -71,7 +71,9 @@ def live_server(sample_data_dir: Path) -> Iterator[str]:
     log = (sample_data_dir / "serve.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "rag", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

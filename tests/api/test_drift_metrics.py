@@ -22,8 +22,10 @@ def write_log(path: Path, rng: np.random.Generator, n: int, *, shift: float) -> 
         record = {
             "ts": f"2026-11-26T00:{i // 60:02d}:{i % 60:02d}+00:00", "request_id": f"r{i}", "question_hash": "0" * 64,
             "question": None, "question_chars": int(rng.normal(60 + 80 * shift, 10)), "mode": "hybrid",
-            "top_score": float(rng.normal(0.6 - 0.4 * shift, 0.05)), "abstained": bool(rng.random() < 0.1 + 0.6 * shift),
-            "abstain_reason": None, "confidence": 0.5, "latency_ms": {"retrieval": 5.0, "generation": None, "total": 6.0},
+            "top_score": float(rng.normal(0.6 - 0.4 * shift, 0.05)),
+            "abstained": bool(rng.random() < 0.1 + 0.6 * shift),
+            "abstain_reason": None, "confidence": 0.5,
+            "latency_ms": {"retrieval": 5.0, "generation": None, "total": 6.0},
             "versions": {}, "query_embedding": [round(float(v), 5) for v in vector],
         }  # fmt: skip
         lines.append(json.dumps(record))

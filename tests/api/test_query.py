@@ -71,7 +71,9 @@ def test_request_validation_problems(make_client: Client) -> None:
 
 def test_streaming_sends_tokens_then_the_full_result(make_client: Client) -> None:
     client = make_client()
-    with client.stream("POST", "/v1/query/stream", json={"question": "Who was the first person to walk on the Moon?"}) as r:
+    with client.stream(
+        "POST", "/v1/query/stream", json={"question": "Who was the first person to walk on the Moon?"}
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())
     events = [block for block in text.split("\n\n") if block.strip()]
