@@ -188,6 +188,8 @@ def run(
             raise BenchError(f"unknown step {name!r}; steps: {', '.join(DEFAULT_SYSTEMS)}")
         steps.append(step)
         print(f"[bench ingest] {name}: {step.result.get('seconds')} s", flush=True)
+        # Steps done so far, in case a long run is interrupted.
+        (work / "steps.partial.json").write_text(json.dumps([s.to_dict() for s in steps], indent=2, default=str))
 
     rows = [summarise(s) for s in steps]
     return {

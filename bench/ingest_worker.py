@@ -168,8 +168,18 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
 SYSTEMS = {"langchain": run_langchain, "encoder": run_encoder, "ours": run_ours}
 
 
+def skipped(spec: dict[str, Any]) -> bool:
+    """An operator can drop a pending step of a long run by naming it (e.g. ``encoder-torch``) in ``<work>/skip``."""
+    flag = Path(spec["corpus"]).parent / "skip"
+    name = f"{spec['system']}-{spec['backend']}"
+    return flag.is_file() and name in flag.read_text().split()
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    if skipped(spec):
+        emit({"skipped": True, "seconds": None, "note": "skipped by the operator (listed in <work>/skip)"})
+        return
     emit({**SYSTEMS[spec["system"]](spec), "peak_rss_mib": round(own_peak_rss_mib(), 1)})
 
 

@@ -253,9 +253,15 @@ def fusion_args(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in ("fusion", "rrf_k", "dense_weight", "bm25_weight")}
 
 
-def tune(cands: Candidates, qrels: Sequence[dict[str, int]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Grid search on the TRAIN split: best mean nDCG@10 (ties → the configuration listed first)."""
+def tune(
+    cands: Candidates, qrels: Sequence[dict[str, int]]
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Grid search on the TRAIN split: best mean nDCG@10 (ties → the configuration listed first).
+
+    Also returns each configuration's per-query values (keyed by ``config_key``) for paired comparisons.
+    """
     trials = []
+    per_query: dict[str, np.ndarray] = {}
     for config in grid():
         rows = zip(cands.dense_for(config["candidate_k"]), cands.bm25, qrels, strict=True)
         ndcg = [
@@ -264,9 +270,22 @@ def tune(cands: Candidates, qrels: Sequence[dict[str, int]]) -> tuple[dict[str, 
             )
             for dense, bm25, grades in rows
         ]
+        per_query[config_key(config)] = np.asarray(ndcg)
         trials.append({**config, "train_ndcg_at_10": round(float(np.nanmean(ndcg)), 4)})
     best = max(trials, key=lambda t: t["train_ndcg_at_10"])
-    return best, trials
+    return best, trials, per_query
+
+
+def config_key(config: dict[str, Any]) -> str:
+    rrf = f",k={config['rrf_k']}" if config["fusion"] == "rrf" else ""
+    return f"{config['fusion']}{rrf},w={config['dense_weight']}/{config['bm25_weight']},cand={config['candidate_k']}"
+
+
+def paired(a: np.ndarray, b: np.ndarray, seed: int) -> dict[str, Any]:
+    """Mean of a - b over the same queries, with a bootstrap 95% interval."""
+    diff = a - b
+    low, high = bootstrap_ci(diff, n_resamples=1000, seed=seed)
+    return {"mean": round(float(np.nanmean(diff)), 4), "ci95": [round(low, 4), round(high, 4)]}
 
 
 def check_against_retriever(
@@ -357,28 +376,25 @@ def run(
         )
         rows["hybrid-rrf60"] = summarise(values, seed)
         per_query[f"{backend}/hybrid-rrf60"] = values
-        best, trials = tune(cands["train"], list(splits["train"].values()))
+        best, trials, train_values = tune(cands["train"], list(splits["train"].values()))
         values = score(cands["test"], test_qrels, mode="hybrid", candidate_k=best["candidate_k"], **fusion_args(best))
         rows["hybrid-tuned"] = summarise(values, seed)
         per_query[f"{backend}/hybrid-tuned"] = values
-        diffs = {}
-        for label, other in (("tuned_minus_default", "hybrid"), ("default_minus_rrf60", "hybrid-rrf60")):
-            left = values if label.startswith("tuned") else per_query[f"{backend}/hybrid"]
-            diff = left["ndcg_at_10"] - per_query[f"{backend}/{other}"]["ndcg_at_10"]
-            low, high = bootstrap_ci(diff, n_resamples=1000, seed=seed)
-            diffs[f"{label}_test_ndcg_at_10"] = {
-                "mean": round(float(np.nanmean(diff)), 4),
-                "ci95": [round(low, 4), round(high, 4)],
-            }
-
-        def same(trial: dict[str, Any], config: dict[str, Any]) -> bool:
-            keys = ["fusion", "dense_weight", "bm25_weight", "candidate_k"] + (
-                ["rrf_k"] if config["fusion"] == "rrf" else []
+        test_ndcg = {k: per_query[f"{backend}/{k}"]["ndcg_at_10"] for k in ("hybrid", "hybrid-rrf60", "hybrid-tuned")}
+        default_key, rrf60_key = config_key(default_config), config_key(baseline_rrf)
+        diffs = {
+            "default_minus_rrf60_test_ndcg_at_10": paired(test_ndcg["hybrid"], test_ndcg["hybrid-rrf60"], seed),
+            "tuned_minus_default_test_ndcg_at_10": paired(test_ndcg["hybrid-tuned"], test_ndcg["hybrid"], seed),
+        }
+        if default_key in train_values and rrf60_key in train_values:
+            diffs["default_minus_rrf60_train_ndcg_at_10"] = paired(
+                train_values[default_key], train_values[rrf60_key], seed
             )
-            return all(trial[k] == config[k] for k in keys)
-
-        default_train = next((t for t in trials if same(t, default_config)), None)
-        rrf60_train = next((t for t in trials if same(t, baseline_rrf)), None)
+            diffs["tuned_minus_default_train_ndcg_at_10"] = paired(
+                train_values[config_key(best)], train_values[default_key], seed
+            )
+        default_train = next((t for t in trials if config_key(t) == default_key), None)
+        rrf60_train = next((t for t in trials if config_key(t) == rrf60_key), None)
         bm25_no_title = score(
             gather(settings, embedder, list(splits["test"]), dataset.queries, with_title=False, dense_too=False),
             test_qrels,
@@ -487,8 +503,11 @@ def render(result: dict[str, Any]) -> str:
             f"train nDCG@10 {info['tuned_on_train']['train_ndcg_at_10']} (defaults: "
             f"{(info['default_on_train'] or {}).get('train_ndcg_at_10')}, RRF k=60: "
             f"{(info['rrf60_on_train'] or {}).get('train_ndcg_at_10')})",
-            f"- {backend}: on test, default - RRF k=60: {info['default_minus_rrf60_test_ndcg_at_10']}; "
-            f"best-on-train - default: {info['tuned_minus_default_test_ndcg_at_10']}",
+            f"- {backend}: paired differences in nDCG@10, train: default - RRF k=60 "
+            f"{info.get('default_minus_rrf60_train_ndcg_at_10')}, best - default "
+            f"{info.get('tuned_minus_default_train_ndcg_at_10')}; test: default - RRF k=60 "
+            f"{info['default_minus_rrf60_test_ndcg_at_10']}, best-on-train - default "
+            f"{info['tuned_minus_default_test_ndcg_at_10']}",
             f"- {backend}: BM25 without titles {info['bm25_without_title_test']['ndcg_at_10']}; offline fusion = "
             f"Retriever on {info['retriever_check']['identical_top10']}/{info['retriever_check']['queries_checked']}"
             " queries",

@@ -198,12 +198,15 @@ def locust(url: str, users: int, seconds: int, questions_file: Path, work: Path,
     with stats.open() as handle:
         row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
     counts = json.loads(statuses.read_text()) if statuses.exists() else {}
-    total = int(row["Request Count"])
-    failures = int(row["Failure Count"])
+    codes = {k: v for k, v in counts.items() if k.isdigit()}
+    # Our own per-status counters include requests that finished during --stop-timeout; locust's table may not.
+    total = sum(codes.values()) if codes else int(row["Request Count"])
+    failures = total - codes.get("200", 0) if codes else int(row["Failure Count"])
     return {
         "users": users,
         "seconds": seconds,
         "requests": total,
+        "locust_requests": int(row["Request Count"]),
         "throughput_rps": round(float(row["Requests/s"]), 2),
         "p50_ms": float(row["50%"]),
         "p95_ms": float(row["95%"]),

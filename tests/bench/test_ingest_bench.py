@@ -8,7 +8,7 @@ from pathlib import Path
 from bench import ingest as bench_ingest
 from bench.common import write_result
 
-from .conftest import SAMPLES
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
 def test_ingest_benchmark_runs_each_step_and_reports_same_run_ratios(tmp_path: Path) -> None:

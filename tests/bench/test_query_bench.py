@@ -10,7 +10,7 @@ from ingest.pipeline import IngestionPipeline
 from rag.embedding import Embedder
 from rag.settings import Settings
 
-from .conftest import SAMPLES
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
 def test_query_benchmark_measures_latency_and_load_without_errors(embedder: Embedder, tmp_path: Path) -> None:
