@@ -122,6 +122,7 @@ class Measured:
     cpu_s: float
     load_before: float
     load_after: float
+    load_mean: float
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +131,7 @@ class Measured:
             "process_wall_s": round(self.wall_s, 3),
             "process_cpu_s": round(self.cpu_s, 3),
             "load_average_1m": [round(self.load_before, 2), round(self.load_after, 2)],
+            "load_average_mean": round(self.load_mean, 2),
             **self.result,
             **self.extra,
         }
@@ -153,10 +155,20 @@ def run_measured(
         )
         timer = threading.Timer(timeout_s, process.kill)
         timer.start()
+        samples: list[float] = []
+        done = threading.Event()
+
+        def sample_load() -> None:  # the 1-minute load average every 10 s: how shared the CPU was during the step
+            while not done.wait(10):
+                samples.append(os.getloadavg()[0])
+
+        sampler = threading.Thread(target=sample_load, daemon=True)
+        sampler.start()
         try:
             _, status, usage = os.wait4(process.pid, 0)
         finally:
             timer.cancel()
+            done.set()
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -175,6 +187,7 @@ def run_measured(
         cpu_s=usage.ru_utime + usage.ru_stime,
         load_before=load_before,
         load_after=os.getloadavg()[0],
+        load_mean=sum(samples) / len(samples) if samples else os.getloadavg()[0],
     )
 
 

@@ -156,32 +156,39 @@ def run(
             }
         )
 
+    # The same thread settings for every step: thread count in the spec, OpenMP's wait policy here.
+    policy = os.environ.get("OMP_WAIT_POLICY", "")
+    step_env = {"OMP_WAIT_POLICY": policy} if policy else {}
     steps: list[Measured] = []
     ours_dir = work / f"ours-{backend}"
     for name in systems:
         print(f"[bench ingest] {name} ...", flush=True)
         if name == "langchain":
             shutil.rmtree(work / "langchain", ignore_errors=True)
-            step = run_measured(name, "bench.ingest_worker", [spec("langchain", work / "langchain", "torch")])
+            step = run_measured(
+                name, "bench.ingest_worker", env=step_env, args=[spec("langchain", work / "langchain", "torch")]
+            )
         elif name == "langchain-rerun":
             if not (work / "langchain").exists():
                 raise BenchError("langchain-rerun needs the langchain step first")
-            step = run_measured(name, "bench.ingest_worker", [spec("langchain", work / "langchain", "torch")])
+            step = run_measured(
+                name, "bench.ingest_worker", env=step_env, args=[spec("langchain", work / "langchain", "torch")]
+            )
         elif name.startswith("encoder-"):
             step_backend = name.removeprefix("encoder-")
             data = fresh_data_dir(work / "encoder", models_dir)
-            step = run_measured(name, "bench.ingest_worker", [spec("encoder", data, step_backend)])
+            step = run_measured(name, "bench.ingest_worker", env=step_env, args=[spec("encoder", data, step_backend)])
         elif name in {f"ours-{b}" for b in BACKENDS}:
             step_backend = name.removeprefix("ours-")
             data = fresh_data_dir(work / name, models_dir)
-            step = run_measured(name, "bench.ingest_worker", [spec("ours", data, step_backend)])
+            step = run_measured(name, "bench.ingest_worker", env=step_env, args=[spec("ours", data, step_backend)])
         elif name in {"ours-rerun", "ours-update", "ours-revert"}:
             if not ours_dir.exists():
                 raise BenchError(f"{name} needs the ours-{backend} step first")
             edited = None
             if name != "ours-rerun":
                 edited = edit_corpus(corpus_path, revert=name == "ours-revert")
-            step = run_measured(name, "bench.ingest_worker", [spec("ours", ours_dir, backend)])
+            step = run_measured(name, "bench.ingest_worker", env=step_env, args=[spec("ours", ours_dir, backend)])
             if edited is not None:
                 step.extra["documents_edited"] = edited
         else:
@@ -199,6 +206,7 @@ def run(
             "quick": quick,
             "corpus": corpus_info,
             "threads": threads,
+            "omp_wait_policy": policy or "(OpenMP default)",
             "backend": backend,
             "encoder_batch_size": batch_size,
             "chunk_size": base.chunk_size,
@@ -272,6 +280,7 @@ COLUMNS = [
     ("process_cpu_s", "CPU s"),
     ("cpu_s_per_1k_chunks", "CPU s/1k chunks"),
     ("peak_rss_mib", "peak RSS MiB"),
+    ("load_average_mean", "load avg"),
     ("chunks_in_store", "in store"),
     ("duplicate_chunks_in_store", "duplicates"),
 ]
