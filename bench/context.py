@@ -48,6 +48,7 @@ def run(
     from rag.pipeline import QueryPipeline
     from rag.store import VectorStore
 
+    machine = machine_info()
     questions = pick_questions(n_questions or (4 if quick else 32))
     budgets = budgets[:2] if quick else budgets
     data_dir = work_root / "context" / f"data-{backend}"
@@ -110,7 +111,7 @@ def run(
         print(f"[bench context] {budget} chars: {rows[-1]}", flush=True)
     return {
         "benchmark": "context",
-        "machine": machine_info(),
+        "machine": machine,
         "config": {
             "quick": quick,
             "questions": len(questions),

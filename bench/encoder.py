@@ -72,6 +72,7 @@ def run(
 ) -> dict[str, Any]:
     import torch
 
+    machine = machine_info()
     n_docs = n_docs or (30 if quick else 120)
     data_dir = work_root / "shared"
     settings = Settings(data_dir=data_dir)
@@ -150,7 +151,7 @@ def run(
     tokens = torch_embedder.count_tokens(texts)
     return {
         "benchmark": "encoder",
-        "machine": machine_info(),
+        "machine": machine,
         "config": {
             "quick": quick,
             "documents": n_docs,

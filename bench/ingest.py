@@ -131,6 +131,7 @@ def run(
     work_root: Path = WORK_DIR,
 ) -> dict[str, Any]:
     """Run the steps in ``systems`` (in that order) and return the result document."""
+    machine = machine_info()
     base = Settings()
     threads = threads or len(os.sched_getaffinity(0))
     tag = "quick" if quick or corpus is not None or limit else "scifact-full"
@@ -201,7 +202,7 @@ def run(
     rows = [summarise(s) for s in steps]
     return {
         "benchmark": "ingest",
-        "machine": machine_info(),
+        "machine": machine,
         "config": {
             "quick": quick,
             "corpus": corpus_info,

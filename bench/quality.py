@@ -328,6 +328,7 @@ def run(
     """``embedders`` (backend → loaded ``Embedder``) lets a caller share models it already holds."""
     from rag.embedding import Embedder
 
+    machine = machine_info()
     started = time.perf_counter()
     source = load_dataset(dataset_dir or require_scifact())
     is_scifact = dataset_dir is None or dataset_dir.resolve() == SCIFACT.resolve()
@@ -429,7 +430,7 @@ def run(
             }
     return {
         "benchmark": "quality",
-        "machine": machine_info(),
+        "machine": machine,
         "config": {
             "dataset": dataset.name,
             "quick": quick,
