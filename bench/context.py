@@ -126,8 +126,33 @@ def run(
             "prompt_cache": base.generator_cache_prompt,
         },
         "budgets": rows,
+        "paired_vs_default": paired_differences(per_budget, base.context_chars),
         "records": {str(b): r for b, r in per_budget.items()},
     }
+
+
+def paired_differences(per_budget: dict[int, list[dict[str, Any]]], default: int) -> dict[str, Any]:
+    """Each budget minus the default budget, question by question (same questions): mean and bootstrap 95% CI.
+
+    Per-budget intervals overlap at this sample size even when one budget is consistently worse; the paired
+    difference is what tells whether a smaller budget loses answer quality.
+    """
+    if default not in per_budget:
+        return {}
+    baseline = {r["id"]: r for r in per_budget[default]}
+    result: dict[str, Any] = {}
+    for budget, records in per_budget.items():
+        if budget == default:
+            continue
+        result[str(budget)] = {}
+        for key in ("f1", "cited_reference_doc", "abstention_correct", "total_s"):
+            diffs = np.asarray([float(r[key]) - float(baseline[r["id"]][key]) for r in records], dtype=float)
+            diffs = diffs[np.isfinite(diffs)]
+            if not len(diffs):
+                continue
+            low, high = bootstrap_ci(diffs, n_resamples=1000, seed=0)
+            result[str(budget)][key] = {"mean": round(float(diffs.mean()), 3), "ci95": [round(low, 3), round(high, 3)]}
+    return result
 
 
 def summarise(budget: int, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -177,4 +202,8 @@ def render(result: dict[str, Any]) -> str:
         f"Context budget: {cfg['questions']} labelled sample questions ({cfg['answerable']} answerable), "
         f"{cfg['generator']}, top_k={cfg['top_k']}, {cfg['retrieval_mode']}"
     )
-    return table(result["budgets"], columns, title)
+    lines = [table(result["budgets"], columns, title)]
+    for budget, diffs in result.get("paired_vs_default", {}).items():
+        shown = ", ".join(f"{k} {v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" for k, v in diffs.items())
+        lines.append(f"- {budget} chars minus the default, paired: {shown}")
+    return "\n".join(lines)

@@ -311,6 +311,7 @@ def run(
             "top_k": settings.top_k,
             "candidate_k": settings.candidate_k,
             "context_chars": settings.context_chars,
+            "generator_cache_prompt": settings.generator_cache_prompt,
             "questions": len(questions),
             "load_seconds_extractive": seconds,
             "load_seconds_local": 2 * seconds,

@@ -112,8 +112,9 @@ class Settings(BaseSettings):
     # --- generation: local prompt cache (rag/generation)
     generator_cache_prompt: bool = Field(
         False,
-        description="Reuse the local model's KV cache for a shared prompt prefix: about 1 s faster per answer, "
-        "but answers then depend on the previous request (not reproducible bit for bit).",
+        description="Reuse the local model's KV cache for a shared prompt prefix: a repeated question answers in "
+        "about 1 s, a new one gains little (first token 4.6 vs 4.7 s); answers then depend on the previous request "
+        "(not reproducible bit for bit).",
     )
 
     # --- abstention and context budget
