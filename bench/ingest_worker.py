@@ -70,7 +70,7 @@ def run_langchain(spec: dict[str, Any]) -> dict[str, Any]:
         strip_whitespace=True,
     )
     # The same chunk texts as ours: the body is split, then the title is put in front of every chunk. (Putting
-    # "title\n\ntext" through the splitter instead made ~650 title-only chunks per 1,000 documents: more, cheaper
+    # "title\n\ntext" through the splitter instead made ~840 extra, title-only chunks per 1,000 documents: more, cheaper
     # chunks, which flattered LangChain's chunks/s and gave a worse index; docs/PERFORMANCE.md.)
     chunks = [
         Document(
@@ -81,7 +81,6 @@ def run_langchain(spec: dict[str, Any]) -> dict[str, Any]:
         for title in [str(r.get("title") or "")]
         for piece in splitter.split_text(str(r["text"]))
     ]
-    docs = records
     split_s = time.perf_counter() - started
     embeddings = HuggingFaceEmbeddings(
         model_name=model_path,
@@ -102,7 +101,7 @@ def run_langchain(spec: dict[str, Any]) -> dict[str, Any]:
         "chunks_written": len(chunks),
         "chunks_embedded": len(chunks),
         "chars_embedded": sum(len(c.page_content) for c in chunks),
-        "documents": len(docs),
+        "documents": len(records),
         "seconds": round(seconds, 3),
         "split_seconds": round(split_s, 3),
         "chunks_in_store": len(stored["ids"]),
