@@ -253,6 +253,7 @@ class EvalRunner:
     def run(self) -> tuple[EvalResult, pd.DataFrame, pd.DataFrame]:
         """Evaluate; returns the result, the per-sample frame and the slice table (nothing saved or logged)."""
         started_at = datetime.now(UTC)
+        commit = git_commit()  # the code that runs: read now, as a long run may outlive HEAD
         tick = time.perf_counter()
         seed_report = set_seed(self.settings.seed)
         dataset = self.load()
@@ -360,7 +361,7 @@ class EvalRunner:
                 "seconds_per_sample": round((total_s - ingest_s) / n, 3),
                 "judge_seconds_per_sample": round(judge_s / n, 3),
             },
-            git_commit=git_commit(),
+            git_commit=commit,
             started_at=started_at.isoformat(timespec="seconds"),
             warnings=warnings,
         )
