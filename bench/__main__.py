@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -16,9 +18,16 @@ def main() -> None:
     """Benchmarks for ingestion, queries and retrieval quality (see docs/PERFORMANCE.md)."""
 
 
-def _finish(kind: str, result: dict, text: str, out: Path | None) -> None:
+def _run(kind: str, out: Path | None, **options: Any) -> None:
+    """Run ``bench.<kind>`` (imported only now: each pulls in heavy libraries), print its table, write its JSON."""
+    module = importlib.import_module(f"bench.{kind}")
+    try:
+        result = module.run(**options)
+    except BenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     path = write_result(kind, result, out)
-    typer.echo(text)
+    typer.echo(module.render(result))
     typer.echo(f"\nJSON: {path}")
 
 
@@ -34,21 +43,18 @@ def ingest(
     out: Path | None = typer.Option(None, help="JSON output path (default .bench/ingest-<time>.json)."),
 ) -> None:
     """This project vs a LangChain pipeline vs the raw encoder: chunks/s, time, CPU, peak RSS, re-ingest."""
-    from bench import ingest as bench_ingest
-
-    try:
-        result = bench_ingest.run(
-            quick=quick,
-            corpus=corpus,
-            limit=limit,
-            systems=tuple(s.strip() for s in steps.split(",")) if steps else bench_ingest.DEFAULT_SYSTEMS,
-            threads=threads,
-            backend=backend,
-            ingest_batch_chunks=ingest_batch_chunks,
-        )
-    except BenchError as exc:
-        raise typer.Exit(_fail(exc)) from exc
-    _finish("ingest", result, bench_ingest.render(result), out)
+    chosen = {"systems": tuple(s.strip() for s in steps.split(","))} if steps else {}  # else bench.ingest's default
+    _run(
+        "ingest",
+        out,
+        quick=quick,
+        corpus=corpus,
+        limit=limit,
+        threads=threads,
+        backend=backend,
+        ingest_batch_chunks=ingest_batch_chunks,
+        **chosen,
+    )
 
 
 @app.command()
@@ -59,13 +65,7 @@ def encoder(
     out: Path | None = typer.Option(None, help="JSON output path."),
 ) -> None:
     """Encoder variants (torch/ONNX int8, threads, batch, bucketing, spinning) with the int8 cosine guard."""
-    from bench import encoder as bench_encoder
-
-    try:
-        result = bench_encoder.run(quick=quick, rounds=rounds, n_docs=docs)
-    except BenchError as exc:
-        raise typer.Exit(_fail(exc)) from exc
-    _finish("encoder", result, bench_encoder.render(result), out)
+    _run("encoder", out, quick=quick, rounds=rounds, n_docs=docs)
 
 
 @app.command()
@@ -76,15 +76,8 @@ def quality(
     out: Path | None = typer.Option(None, help="JSON output path."),
 ) -> None:
     """nDCG@10 and recall@100 for dense, BM25, hybrid (default and tuned on train) beside published figures."""
-    from bench import quality as bench_quality
-
-    try:
-        result = bench_quality.run(
-            quick=quick, dataset_dir=dataset, backends=tuple(b.strip() for b in backends.split(",") if b.strip())
-        )
-    except BenchError as exc:
-        raise typer.Exit(_fail(exc)) from exc
-    _finish("quality", result, bench_quality.render(result), out)
+    chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
+    _run("quality", out, quick=quick, dataset_dir=dataset, backends=chosen)
 
 
 @app.command()
@@ -97,19 +90,15 @@ def query(
     out: Path | None = typer.Option(None, help="JSON output path."),
 ) -> None:
     """Retrieval latency in process; HTTP throughput and latency under load; streaming time to first token."""
-    from bench import query as bench_query
-
-    try:
-        result = bench_query.run(
-            quick=quick,
-            data_dir=data_dir,
-            backend=backend,
-            skip_generation=skip_generation,
-            users=tuple(int(u) for u in users.split(",")),
-        )
-    except BenchError as exc:
-        raise typer.Exit(_fail(exc)) from exc
-    _finish("query", result, bench_query.render(result), out)
+    _run(
+        "query",
+        out,
+        quick=quick,
+        data_dir=data_dir,
+        backend=backend,
+        skip_generation=skip_generation,
+        users=tuple(int(u) for u in users.split(",")),
+    )
 
 
 @app.command()
@@ -121,23 +110,14 @@ def context(
     out: Path | None = typer.Option(None, help="JSON output path."),
 ) -> None:
     """RAG_CONTEXT_CHARS trade-off with the local model: latency and time to first token vs correctness."""
-    from bench import context as bench_context
-
-    try:
-        result = bench_context.run(
-            quick=quick,
-            budgets=tuple(int(b) for b in budgets.split(",")),
-            n_questions=questions,
-            backend=backend,
-        )
-    except BenchError as exc:
-        raise typer.Exit(_fail(exc)) from exc
-    _finish("context", result, bench_context.render(result), out)
-
-
-def _fail(exc: BenchError) -> int:
-    typer.echo(f"error: {exc}", err=True)
-    return 2
+    _run(
+        "context",
+        out,
+        quick=quick,
+        budgets=tuple(int(b) for b in budgets.split(",")),
+        n_questions=questions,
+        backend=backend,
+    )
 
 
 if __name__ == "__main__":

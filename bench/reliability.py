@@ -417,6 +417,11 @@ class Outcome:
     def line(self) -> str:
         return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
+    @classmethod
+    def judged(cls, name: str, detail: str, problems: list[str]) -> Outcome:
+        """Passes when no problem was seen; the problems follow what was seen."""
+        return cls(name, not problems, detail + "".join(f"; {p}" for p in problems))
+
 
 def _ask(client: httpx.Client, url: str, question: str = QUESTION, timeout_s: float = 60) -> httpx.Response:
     return client.post(f"{url}/v1/query", json={"question": question}, timeout=timeout_s)
@@ -459,7 +464,7 @@ def chroma_outage(api_urls: Sequence[str], chroma: Service, *, recover_timeout_s
         f"{down} answers 503 store_unavailable with Retry-After while down; "
         f"{len(recovered)}/{len(api_urls)} APIs answered 200 again {worst:.1f}s after Chroma restarted"
     )
-    return Outcome("Chroma server killed mid-traffic", not problems, detail + "".join(f"; {p}" for p in problems))
+    return Outcome.judged("Chroma server killed mid-traffic", detail, problems)
 
 
 def _jsonl(path: Path, records: list[dict[str, str]]) -> Path:
@@ -545,7 +550,7 @@ def concurrent_ingestion(
         f"updated {second.documents_updated}, added {second.documents_added}, pruned {second.documents_deleted}); "
         f"{len(errors)} errors; versions seen {dict(versions)}; answers outside their version: {len(foreign)}"
     )
-    return Outcome("ingestion concurrent with queries", not problems, detail + "".join(f"; {p}" for p in problems))
+    return Outcome.judged("ingestion concurrent with queries", detail, problems)
 
 
 def sigkill_ingestion() -> Outcome:
@@ -634,7 +639,7 @@ def mlflow_down_eval(
         f"{len(local)}/{questions} per-sample rows in {down.run_dir.name} and said: "
         f"{(down.mlflow_error or '')[:90]}...; after restart `rag eval --log-pending` logged {run_ids}"
     )
-    return Outcome("MLflow server down during an eval", not problems, detail + "".join(f"; {p}" for p in problems))
+    return Outcome.judged("MLflow server down during an eval", detail, problems)
 
 
 # ------------------------------------------------------------------------------------------------ injection
@@ -901,12 +906,14 @@ def _outcome(outcome: Outcome) -> tuple[bool, str]:
     return outcome.ok, f"{outcome.name}: {outcome.detail}"
 
 
-def topology_faults(report: Report, work: Path, embedder: Any) -> None:
-    """Chroma server + MLflow server + two API processes sharing them and one data directory."""
-    root = work / "topology"
+def topology_services(root: Path, logs: Path) -> tuple[Service, Service, list[Service]]:
+    """Chroma server + MLflow server + two API processes sharing them and ``root/data`` (not started yet).
+
+    The sample corpus is written under ``root/sources/corpus`` for ingestion through the API. Readiness needs an
+    index, which is made through the API once they run, so the APIs are waited for on liveness.
+    """
     sources = root / "sources"
     write_sample_corpus(sources / "corpus", only=TOPOLOGY_DOCS)
-    logs = work / "logs"
     chroma = chroma_service(root / "chroma", logs)
     mlflow = mlflow_service(root / "mlflow", logs)
     common = {
@@ -917,8 +924,15 @@ def topology_faults(report: Report, work: Path, embedder: Any) -> None:
         "ingest_roots": [sources],
     }
     apis = [api_service(root / "data", logs, name=f"api-{i}", **common) for i in (1, 2)]
-    for service in apis:  # readiness needs an index, made through the API below: wait for liveness
+    for service in apis:
         service.ready_path = "/healthz"
+    return chroma, mlflow, apis
+
+
+def topology_faults(report: Report, work: Path, embedder: Any) -> None:
+    """Scale-out and outages on the shared topology (``topology_services``)."""
+    root = work / "topology"
+    chroma, mlflow, apis = topology_services(root, work / "logs")
     with running(chroma, mlflow, *apis):
         report.check(*_outcome(scale_out([a.url for a in apis], API_KEY, "corpus")))
         report.check(*_outcome(chroma_outage([a.url for a in apis], chroma)))

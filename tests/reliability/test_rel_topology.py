@@ -12,17 +12,13 @@ import pytest
 
 from bench.reliability import (
     API_KEY,
-    TOPOLOGY_DOCS,
     Outcome,
     Service,
-    api_service,
     chroma_outage,
-    chroma_service,
     mlflow_down_eval,
-    mlflow_service,
     running,
     scale_out,
-    write_sample_corpus,
+    topology_services,
 )
 from rag.embedding import Embedder
 
@@ -43,21 +39,7 @@ class Topology:
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     root = tmp_path_factory.mktemp("topology")
-    sources = root / "sources"
-    write_sample_corpus(sources / "corpus", only=TOPOLOGY_DOCS)
-    logs = root / "logs"
-    chroma = chroma_service(root / "chroma", logs)
-    mlflow = mlflow_service(root / "mlflow", logs)
-    settings = {
-        "chroma_url": chroma.url,
-        "mlflow_tracking_uri": mlflow.url,
-        "generator": "extractive",
-        "api_keys": [API_KEY],
-        "ingest_roots": [sources],
-    }
-    apis = [api_service(root / "data", logs, name=f"api-{i}", **settings) for i in (1, 2)]
-    for api in apis:
-        api.ready_path = "/healthz"  # /readyz needs an index; the first one is made through the API below
+    chroma, mlflow, apis = topology_services(root, root / "logs")
     with running(chroma, mlflow, *apis):
         ingested = scale_out([api.url for api in apis], API_KEY, "corpus")
         yield Topology(chroma, mlflow, apis, root / "data", ingested)
