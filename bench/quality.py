@@ -78,6 +78,10 @@ class Candidates:
 
 
 def load_dataset(path: Path) -> Dataset:
+    needed = ("queries.jsonl", "corpus.jsonl", "qrels/train.tsv", "qrels/test.tsv")
+    missing = [name for name in needed if not (path / name).is_file()]
+    if missing:
+        raise BenchError(f"{path} is not a BEIR folder with train and test qrels: missing {', '.join(missing)}")
     queries: dict[str, str] = {}
     with (path / "queries.jsonl").open(encoding="utf-8") as handle:
         for line in handle:
