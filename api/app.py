@@ -25,16 +25,16 @@ from api.jobs import Job, JobRunner, allowed_path
 from api.observability import Metrics, QueryLog, configure_json_logging
 from api.problems import ApiError, install_problem_handlers, problem, problem_responses
 from ingest.pipeline import IngestionPipeline
-from rag.embedding import Embedder
+from rag.answering.generation.answerer import Answerer, make_answerer
+from rag.answering.pipeline import QueryPipeline, QueryResponse, StreamEvent
 from rag.errors import NotFoundError, RagError
-from rag.generation.answerer import Answerer, make_answerer
-from rag.index_status import index_status
-from rag.manifest import Manifest
+from rag.indexing.embedding import Embedder
+from rag.indexing.manifest import Manifest
+from rag.indexing.sparse import FILTERABLE_KEYS
+from rag.indexing.status import index_status
+from rag.indexing.store import VectorStore, make_client
 from rag.ml.drift_report import latest_drift_status
-from rag.pipeline import QueryPipeline, QueryResponse, StreamEvent
 from rag.settings import Settings
-from rag.sparse import FILTERABLE_KEYS
-from rag.store import VectorStore, make_client
 
 log = logging.getLogger("rag.api")
 STATIC = Path(__file__).parent / "static"
@@ -62,7 +62,7 @@ BEARER = HTTPBearer(auto_error=False, description="An API key from RAG_API_KEYS 
 
 _SCALAR: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
 _LIST = {"type": "array", "items": _SCALAR, "minItems": 1}
-# The filter grammar, published in the OpenAPI schema (``rag.retrieval.normalise_filters`` enforces it, with 422).
+# The filter grammar, published in the OpenAPI schema (``normalise_filters`` in retrieval enforces it, with 422).
 FILTER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "propertyNames": {"enum": list(FILTERABLE_KEYS)},

@@ -42,11 +42,11 @@ def run(
     work_root: Path = WORK_DIR,
 ) -> dict[str, Any]:
     from ingest.pipeline import IngestionPipeline
-    from rag.embedding import Embedder
-    from rag.generation.answerer import make_answerer
-    from rag.generation.backends import make_backend
-    from rag.pipeline import QueryPipeline
-    from rag.store import VectorStore
+    from rag.answering.generation.answerer import make_answerer
+    from rag.answering.generation.backends import make_backend
+    from rag.answering.pipeline import QueryPipeline
+    from rag.indexing.embedding import Embedder
+    from rag.indexing.store import VectorStore
 
     machine = machine_info()
     questions = pick_questions(n_questions or (4 if quick else 32))

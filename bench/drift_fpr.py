@@ -126,7 +126,7 @@ def query_pool(n: int, seed: int) -> list[str]:
 
 
 def query_log(splits: int, seed: int, reference_size: int, current_size: int) -> None:
-    from rag.embedding import Embedder
+    from rag.indexing.embedding import Embedder
     from rag.ml.query_drift import QueryRecord, compare_query_windows
     from rag.settings import Settings
 

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 
 from bench.common import WORK_DIR, machine_info, require_scifact, table
-from rag.embedding import Embedder, OnnxEncoder, export_onnx_int8
+from rag.indexing.embedding import Embedder, OnnxEncoder, export_onnx_int8
 from rag.settings import Settings
 
 
 def sample_chunks(n_docs: int, offset: int, settings: Settings, embedder: Embedder) -> list[str]:
     """Our chunk texts (title prefix included) for SciFact documents [offset, offset + n_docs)."""
     from ingest.loaders import iter_jsonl
-    from rag.chunking import Chunker, ChunkerConfig
+    from rag.indexing.chunking import Chunker, ChunkerConfig
 
     chunker = Chunker(
         ChunkerConfig(settings.chunk_size, settings.chunk_overlap, settings.embed_titles),

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import WORK_DIR, BenchError, Measured, machine_info, require_scifact, run_measured, table
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 BACKENDS = ("torch", "onnx-int8")

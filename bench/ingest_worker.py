@@ -55,8 +55,8 @@ def run_langchain(spec: dict[str, Any]) -> dict[str, Any]:
     from langchain_core.documents import Document
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-    from rag.chunking import SEPARATORS, TITLE_PREFIX_CHARS
-    from rag.embedding import bundled_model_path
+    from rag.indexing.chunking import SEPARATORS, TITLE_PREFIX_CHARS
+    from rag.indexing.embedding import bundled_model_path
 
     _threads(spec)
     model_path = str(bundled_model_path())
@@ -112,7 +112,7 @@ def run_langchain(spec: dict[str, Any]) -> dict[str, Any]:
 def _our_chunks(settings: Any, embedder: Any, corpus: Path) -> list[str]:
     """Exactly the texts our pipeline embeds for ``corpus`` (title prefix included)."""
     from ingest.loaders import iter_jsonl
-    from rag.chunking import Chunker, ChunkerConfig
+    from rag.indexing.chunking import Chunker, ChunkerConfig
 
     chunker = Chunker(
         ChunkerConfig(settings.chunk_size, settings.chunk_overlap, settings.embed_titles),
@@ -128,7 +128,7 @@ def _our_chunks(settings: Any, embedder: Any, corpus: Path) -> list[str]:
 
 def run_encoder(spec: dict[str, Any]) -> dict[str, Any]:
     """The floor: the same encoder on exactly our chunks, nothing else (chunking is not timed)."""
-    from rag.embedding import Embedder
+    from rag.indexing.embedding import Embedder
 
     _threads(spec)
     settings = _settings(spec)

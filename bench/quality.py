@@ -154,8 +154,8 @@ def gather(
     pools: Sequence[int] = (),
 ) -> Candidates:
     """Dense and BM25 candidates of every query from the product's store and BM25 index."""
-    from rag.sparse import SparseIndex
-    from rag.store import VectorStore
+    from rag.indexing.sparse import SparseIndex
+    from rag.indexing.store import VectorStore
 
     store = VectorStore(settings)
     directory = SparseIndex.directory(settings.bm25_dir, store.name)
@@ -195,8 +195,8 @@ def rank_docs(
     dense_weight: float = 1.0,
     bm25_weight: float = 1.0,
 ) -> list[str]:
-    """Documents best first, fused by the product's own ``rag.retrieval.fuse`` (ties broken by chunk id)."""
-    from rag.retrieval import fuse
+    """Documents best first, fused by the product's own ``rag.answering.retrieval.fuse`` (ties broken by chunk id)."""
+    from rag.answering.retrieval import fuse
 
     dense, bm25 = dense[:pool], bm25[:pool]
     doc_of = {cid: doc for cid, doc, _ in [*dense, *bm25]}
@@ -296,7 +296,7 @@ def check_against_retriever(
     settings: Settings, embedder: Any, query_ids: Sequence[str], queries: dict[str, str], cands: Candidates
 ) -> dict[str, Any]:
     """The offline fusion must rank like the product: compare top-10 documents with ``Retriever.retrieve``."""
-    from rag.retrieval import Retriever
+    from rag.answering.retrieval import Retriever
 
     retriever = Retriever(settings, embedder=embedder)
     same = 0
@@ -330,7 +330,7 @@ def run(
     embedders: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``embedders`` (backend → loaded ``Embedder``) lets a caller share models it already holds."""
-    from rag.embedding import Embedder
+    from rag.indexing.embedding import Embedder
 
     machine = machine_info()
     started = time.perf_counter()

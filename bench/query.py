@@ -52,11 +52,11 @@ def ms(seconds: float) -> float:
 
 def inprocess(settings: Settings, questions: Sequence[str]) -> dict[str, Any]:
     """Latency of ``Retriever.retrieve`` per mode, its components, the query cache and BM25 load vs rebuild."""
-    from rag.embedding import Embedder
-    from rag.manifest import Manifest
-    from rag.retrieval import Retriever
-    from rag.sparse import SparseIndex
-    from rag.store import VectorStore
+    from rag.answering.retrieval import Retriever
+    from rag.indexing.embedding import Embedder
+    from rag.indexing.manifest import Manifest
+    from rag.indexing.sparse import SparseIndex
+    from rag.indexing.store import VectorStore
 
     embedder = Embedder(settings)
     store = VectorStore(settings)

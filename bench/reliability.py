@@ -481,11 +481,11 @@ def concurrent_ingestion(
     work_dir: Path, *, embedder: Any = None, docs: int = 120, changed: int = 60, added: int = 60, readers: int = 2
 ) -> Outcome:
     """Queries run while an ingestion changes, adds and prunes documents; no query may fail, and each one must
-    use only chunks of the index version it reports (see ``rag.retrieval``'s docstring)."""
+    use only chunks of the index version it reports (see ``rag.answering.retrieval``'s docstring)."""
     from ingest.pipeline import IngestionPipeline
-    from rag.embedding import Embedder
-    from rag.manifest import Manifest
-    from rag.retrieval import Retriever
+    from rag.answering.retrieval import Retriever
+    from rag.indexing.embedding import Embedder
+    from rag.indexing.manifest import Manifest
     from rag.settings import Settings
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -684,9 +684,9 @@ class ScreeningResult:
 
 
 def screen(split: str, max_chars: int = 1000) -> ScreeningResult:
-    """Run the question screening (``rag.sanitize.sanitize_question``) over one split of the case files."""
+    """Run the question screening (``rag.answering.sanitize.sanitize_question``) over one split of the case files."""
+    from rag.answering.sanitize import sanitize_question
     from rag.errors import UnsafeInputError
-    from rag.sanitize import sanitize_question
 
     def blocked(text: str) -> bool:
         try:
@@ -764,7 +764,7 @@ LOAD_KEYS = [f"load-key-{i:02d}" for i in range(16)]
 def suite_server_settings() -> dict[str, Any]:
     """The API under fuzz and load: SmolLM2 as the local model (same code path as the default model, fast
     enough for a bounded run), one generation slot and 3 queued: a capacity of 4 requests in flight."""
-    from rag.generation.backends import smollm2_path
+    from rag.answering.generation.backends import smollm2_path
 
     return {
         "generator": "local",
@@ -840,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report()
     print(f"rag reliability suite — work dir {work}", flush=True)
 
-    from rag.embedding import Embedder
+    from rag.indexing.embedding import Embedder
     from rag.settings import Settings
 
     embedder = Embedder(Settings(data_dir=work / "embedder"))
@@ -888,7 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _section(report, "topology faults", lambda: topology_faults(report, work, embedder))
 
     if "injection" in parts:
-        report.section("prompt injection (rag.sanitize screening; held-out cases never used for tuning)")
+        report.section("prompt injection (rag.answering.sanitize screening; held-out cases never used for tuning)")
         for split in ("dev", "holdout"):
             result = screen(split)
             report.check(result.block_rate >= 0.75 and result.false_positive_rate <= 0.05, result.line())

@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Make an evaluation run's pipeline config the production baseline (MLflow tags + production.json)."""
         from eval.tracking import promote
-        from rag.production import production_path
+        from rag.answering.production import production_path
 
         settings = load_settings()
         baseline = promote(settings, run_id, force=force)

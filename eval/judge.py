@@ -5,7 +5,7 @@ Why an adapter instead of ``evaluate()``: ``evaluate()`` turns every failure int
 keeps its reason in an error column, a NaN is counted apart from a score, and each verdict can be cached.
 
 Robustness, in layers:
-- ``BackendRagasLLM`` is a ``BaseRagasLLM`` around ``rag.generation.backends.LLMBackend``: every ragas prompt
+- ``BackendRagasLLM`` is a ``BaseRagasLLM`` around ``rag.answering.generation.backends.LLMBackend``: every ragas prompt
   states its output's JSON schema, which the adapter lifts out of the prompt and passes as ``json_schema``
   (llama.cpp grammar locally, ``response_format`` for OpenAI servers), so the judge can only emit valid JSON.
   A server that rejects the schema is retried once without it, and the schema is not sent again.
@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rag.embedding import Embedder
+from rag.answering.generation.backends import DEFAULT_GGUF_NAME, LLMBackend, LocalBackend, OpenAIBackend
 from rag.errors import ConfigError, GenerationTimeoutError, ModelError
-from rag.generation.backends import DEFAULT_GGUF_NAME, LLMBackend, LocalBackend, OpenAIBackend
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -39,15 +39,15 @@ from eval.metrics import (
     rouge_l,
     token_f1,
 )
-from rag.embedding import Embedder
+from rag.answering.generation.answerer import make_answerer
+from rag.answering.generation.backends import LLMBackend
+from rag.answering.pipeline import QueryPipeline
+from rag.answering.retrieval import Mode
+from rag.answering.sanitize import sanitize_question
 from rag.errors import InvalidInputError, RagError
-from rag.generation.answerer import make_answerer
-from rag.generation.backends import LLMBackend
+from rag.indexing.embedding import Embedder
 from rag.ml.seed import set_seed
 from rag.ml.slices import OVERALL, bootstrap_ci, bucketize, slice_table
-from rag.pipeline import QueryPipeline
-from rag.retrieval import Mode
-from rag.sanitize import sanitize_question
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from that folder, so ``rag eval --log-pending`` logs a saved run exactly as the 
 
 Production baseline: MLflow run tags (a pipeline configuration is not a model, so no registry alias):
 ``rag_stage=production`` on the promoted run (per dataset hash), ``rag_stage=archived`` on the one it
-replaced; ``data_dir/production.json`` (``rag.production``) tells the serving side which config is promoted.
+replaced; ``data_dir/production.json`` (``rag.answering.production``) tells the serving side which config is promoted.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 import pandas as pd
 
 from eval.runner import EvalResult, dumps_cell, runs_dir
+from rag.answering.production import ProductionBaseline, read_production, write_production
 from rag.errors import InvalidInputError, NotFoundError, RagError, StoreUnavailableError
+from rag.ml.registry import client_for, download_run_artifact, ensure_experiment
 from rag.ml.slices import OVERALL
-from rag.ml.tracking import client_for, download_run_artifact, ensure_experiment
-from rag.production import ProductionBaseline, read_production, write_production
 from rag.settings import Settings
 
 PENDING = "PENDING_MLFLOW.json"

@@ -32,9 +32,9 @@ from eval.tracking import (
     tag_run,
     write_summary,
 )
-from rag.embedding import Embedder
+from rag.answering.generation.backends import LLMBackend
 from rag.errors import NotFoundError, RagError
-from rag.generation.backends import LLMBackend
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 
@@ -146,7 +146,7 @@ def gate(
         n_resamples=settings.eval_bootstrap_resamples,
         seed=settings.seed,
     )
-    from rag.production import read_production
+    from rag.answering.production import read_production
 
     production = read_production(settings)
     baseline_config = baseline.data.tags.get("rag_config_version")
@@ -181,7 +181,7 @@ def gate(
 
 
 def _log_gate_metrics(settings: Settings, run_id: str, verdict: GateResult) -> None:
-    from rag.ml.tracking import client_for
+    from rag.ml.registry import client_for
 
     client = client_for(settings)
     for c in verdict.comparisons:

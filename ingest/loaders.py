@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rag.documents import Document, sha256_text
 from rag.errors import DocumentLoadError
+from rag.indexing.documents import Document, sha256_text
 
 log = logging.getLogger(__name__)
 

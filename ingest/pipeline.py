@@ -23,14 +23,14 @@ from typing import Any
 
 from ingest.loaders import SourceFile, discover, hash_file, iter_jsonl, load_file
 from ingest.report import FailedDocument, IngestionSummary, build_report, write_report
-from rag.chunking import Chunker, ChunkerConfig
-from rag.documents import Chunk, Document
-from rag.embedding import Embedder
 from rag.errors import DocumentLoadError, RagError, SourceNotFoundError
-from rag.manifest import DocumentRecord, Manifest
+from rag.indexing.chunking import Chunker, ChunkerConfig
+from rag.indexing.documents import Chunk, Document
+from rag.indexing.embedding import Embedder
+from rag.indexing.manifest import DocumentRecord, Manifest
+from rag.indexing.sparse import SparseIndex
+from rag.indexing.store import VectorStore
 from rag.settings import Settings
-from rag.sparse import SparseIndex
-from rag.store import VectorStore
 
 log = logging.getLogger(__name__)
 

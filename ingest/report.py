@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from rag.chunking import ChunkingStats
-from rag.documents import Document
-from rag.manifest import Manifest
+from rag.indexing.chunking import ChunkingStats
+from rag.indexing.documents import Document
+from rag.indexing.manifest import Manifest
 
 MAX_LISTED = 50
 

@@ -80,7 +80,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show the index version, corpus hash, embedding model, chunker config and counts."""
-    from rag.index_status import index_status
+    from rag.indexing.status import index_status
 
     settings = load_settings(collection=collection)
     info = index_status(settings)
@@ -102,7 +102,7 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print the full response object as JSON."),
 ) -> None:
     """Answer a question with citations, or abstain; the same pipeline as the HTTP API."""
-    from rag.pipeline import QueryPipeline
+    from rag.answering.pipeline import QueryPipeline
 
     settings = load_settings(collection=collection, generator=generator, retrieval_mode=mode)
     pipeline = QueryPipeline(settings)

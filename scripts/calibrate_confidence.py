@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ingest.pipeline import IngestionPipeline
-from rag.pipeline import QueryPipeline, confidence_score
+from rag.answering.pipeline import QueryPipeline, confidence_score
 from rag.settings import Settings
 
 

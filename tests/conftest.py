@@ -20,7 +20,7 @@ for _name in [n for n in os.environ if n.startswith("RAG_") and n != "RAG_TEST_M
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from rag.embedding import Embedder  # noqa: E402
+from rag.indexing.embedding import Embedder  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

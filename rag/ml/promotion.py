@@ -24,14 +24,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from rag.errors import InvalidInputError
-from rag.ml.serving import ServingInfo
-from rag.ml.slices import (
-    paired_bootstrap_ci,
-    roc_auc,
-    roc_auc_batched,
-    weighted_f1,
-)
-from rag.ml.tracking import (
+from rag.ml.registry import (
     PREVIOUS_PRODUCTION,
     PRODUCTION,
     STAGING,
@@ -40,6 +33,13 @@ from rag.ml.tracking import (
     load_sklearn_version,
     model_version_by_alias,
     require_version,
+)
+from rag.ml.serving import ServingInfo
+from rag.ml.slices import (
+    paired_bootstrap_ci,
+    roc_auc,
+    roc_auc_batched,
+    weighted_f1,
 )
 from rag.ml.training import HELDOUT_ARTIFACT, ROW_ID, SERVING_ARTIFACT, _to_feature_frame
 from rag.settings import Settings

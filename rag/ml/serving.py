@@ -248,7 +248,7 @@ class TabularPredictor:
         """Load the version behind ``alias`` (and its ``serving.json``) from the MLflow registry."""
         import json
 
-        from rag.ml.tracking import client_for, download_run_artifact, load_sklearn_version, require_version
+        from rag.ml.registry import client_for, download_run_artifact, load_sklearn_version, require_version
 
         client = client_for(settings)
         version = require_version(client, name, alias)

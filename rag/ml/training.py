@@ -533,8 +533,8 @@ class TabularTrainer:
         from mlflow.models import infer_signature
 
         from rag.ml.model_card import render_model_card
+        from rag.ml.registry import STAGING, client_for, ensure_experiment
         from rag.ml.slices import format_slice_table
-        from rag.ml.tracking import STAGING, client_for, ensure_experiment
 
         cfg = self.config
         settings = self.settings

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 
 from api.app import Services, create_app
 from ingest.pipeline import IngestionPipeline
-from rag.embedding import Embedder
-from rag.generation.answerer import make_answerer
-from rag.generation.backends import LocalBackend, smollm2_path
+from rag.answering.generation.answerer import make_answerer
+from rag.answering.generation.backends import LocalBackend, smollm2_path
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 from tests.conftest import SAMPLES, free_port, stop, wait_for_http
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from rag.pipeline import ABSTAIN_ANSWER, QueryResponse
+from rag.answering.pipeline import ABSTAIN_ANSWER, QueryResponse
 
 Client = Callable[..., TestClient]
 

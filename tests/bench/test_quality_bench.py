@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from bench import quality as bench_quality
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 
 
 def test_quality_benchmark_scores_every_mode_and_tunes_on_train_only(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench import query as bench_query
 from ingest.pipeline import IngestionPipeline
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"

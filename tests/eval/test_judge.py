@@ -15,8 +15,8 @@ import pytest
 
 from eval.judge import JudgeCache, JudgeInput, RagasJudge, extract_schema
 from eval.runner import summarize
-from rag.embedding import Embedder
-from rag.generation.backends import OpenAIBackend
+from rag.answering.generation.backends import OpenAIBackend
+from rag.indexing.embedding import Embedder
 from tests.eval.conftest import JudgeServer
 
 CONTEXT = ["Paris is the capital of France."]

@@ -1,4 +1,4 @@
-"""``rag.production``: the promoted baseline as the serving side reads it (written by ``rag promote``)."""
+"""``rag.answering.production``: the promoted baseline as the serving side reads it (written by ``rag promote``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from rag.answering.production import (
+    ProductionBaseline,
+    production_path,
+    production_status,
+    read_production,
+    write_production,
+)
 from rag.errors import ConfigError
-from rag.production import ProductionBaseline, production_path, production_status, read_production, write_production
 from rag.settings import Settings
 
 

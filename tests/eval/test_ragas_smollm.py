@@ -10,8 +10,8 @@ import pytest
 
 from eval.judge import JUDGE_METRICS
 from eval.runner import EvalOptions, EvalRunner
-from rag.embedding import Embedder
-from rag.generation.backends import LocalBackend, smollm2_path
+from rag.answering.generation.backends import LocalBackend, smollm2_path
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from eval.report import format_text, render_html
 from eval.runner import EvalOptions, EvalRunner
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 

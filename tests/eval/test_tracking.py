@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from eval.runner import EvalOptions
 from eval.tracking import PENDING, log_pending, pending_runs
 from eval.workflow import run_eval
+from rag.answering.production import read_production
 from rag.cli import app
-from rag.embedding import Embedder
-from rag.production import read_production
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 from tests.conftest import free_port
 

@@ -8,7 +8,7 @@ import pytest
 
 from ingest.pipeline import IngestionPipeline
 from ingest.report import IngestionSummary
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 

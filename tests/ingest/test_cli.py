@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.manifest import Manifest
+from rag.indexing.manifest import Manifest
+from rag.indexing.store import VectorStore
 from rag.settings import Settings
-from rag.store import VectorStore
 
 RAG = [sys.executable, "-m", "rag"]
 

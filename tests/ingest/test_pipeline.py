@@ -8,10 +8,10 @@ import pytest
 
 from ingest.report import IngestionSummary
 from rag.errors import SourceNotFoundError
-from rag.manifest import Manifest
+from rag.indexing.manifest import Manifest
+from rag.indexing.sparse import SparseIndex
+from rag.indexing.store import VectorStore
 from rag.settings import Settings
-from rag.sparse import SparseIndex
-from rag.store import VectorStore
 from tests.ingest.conftest import write_pdf
 
 Ingest = Callable[..., IngestionSummary]

@@ -22,8 +22,8 @@ from bench.reliability import (
     suite_server_settings,
     write_sample_corpus,
 )
-from rag.embedding import Embedder
-from rag.generation.answerer import make_answerer
+from rag.answering.generation.answerer import make_answerer
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 ADMIN_KEY = "reliability-admin-key-0123"

@@ -13,14 +13,14 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from bench.reliability import QUESTION, chroma_service, concurrent_ingestion, free_port
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 
 Client = Callable[..., TestClient]
 
 
 def test_queries_during_ingestion_see_one_published_version(tmp_path: Path, embedder: Embedder) -> None:
     """No query fails while an ingestion edits, adds and prunes documents, and every answer uses only chunks
-    of the index version it reports (the BM25 snapshot's version; see rag/retrieval.py)."""
+    of the index version it reports (the BM25 snapshot's version; see rag/answering/retrieval.py)."""
     outcome = concurrent_ingestion(tmp_path, embedder=embedder)
     print(f"\n{outcome.line()}")
     assert outcome.ok, outcome.detail

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bench.reliability import CASES, SAMPLES, read_cases, screen
-from rag.sanitize import REDACTED, find_injection, redact_injections
+from rag.answering.sanitize import REDACTED, find_injection, redact_injections
 
 
 def test_case_files_are_large_varied_and_disjoint() -> None:

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from api.guards import key_fingerprint
 from api.observability import JsonFormatter
-from rag.manifest import Manifest
+from rag.indexing.manifest import Manifest
 from tests.reliability.conftest import ADMIN_KEY
 
 Client = Callable[..., TestClient]

@@ -20,7 +20,7 @@ from bench.reliability import (
     scale_out,
     topology_services,
 )
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 
 
 @dataclass

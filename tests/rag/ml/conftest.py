@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

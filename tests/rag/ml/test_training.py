@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from rag.cli import app
 from rag.errors import InvalidInputError, NotFoundError
 from rag.ml.promotion import promote_model
+from rag.ml.registry import PREVIOUS_PRODUCTION, PRODUCTION, STAGING, client_for
 from rag.ml.serving import TabularPredictor, build_request_model, infer_feature_schema, wilson_interval
-from rag.ml.tracking import PREVIOUS_PRODUCTION, PRODUCTION, STAGING, client_for
 from rag.ml.training import TrainingConfig, TrainingResult, detect_sensitive, train_tabular
 from rag.settings import Settings
 

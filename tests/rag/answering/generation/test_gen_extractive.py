@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rag.generation.answerer import Answerer
-from rag.generation.citations import check_citations, is_unknown_answer
-from rag.generation.extractive import ExtractiveGenerator
-from rag.generation.prompt import UNKNOWN_ANSWER
+from rag.answering.generation.answerer import Answerer
+from rag.answering.generation.citations import check_citations, is_unknown_answer
+from rag.answering.generation.extractive import ExtractiveGenerator
+from rag.answering.generation.prompt import UNKNOWN_ANSWER
 
 
 def test_answers_with_the_supporting_sentence_and_its_citation(contexts_for: Any) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from rag.answering.generation.answerer import make_answerer
+from rag.answering.generation.backends import LLMBackend, OpenAIBackend, make_backend
 from rag.errors import ConfigError, GenerationTimeoutError, ModelError
-from rag.generation.answerer import make_answerer
-from rag.generation.backends import LLMBackend, OpenAIBackend, make_backend
 from rag.settings import Settings
 
 KEY = "sk-test-very-secret-0123"

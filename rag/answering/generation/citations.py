@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rag.generation.prompt import UNKNOWN_ANSWER, Context
-from rag.generation.sentences import terms
+from rag.answering.generation.prompt import UNKNOWN_ANSWER, Context
+from rag.answering.generation.sentences import terms
 
 MAX_RANGE = 50  # "[1-9999]" is a malformed citation, not 9999 sources
 

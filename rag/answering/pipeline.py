@@ -24,13 +24,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from rag.embedding import Embedder
-from rag.generation.answerer import Answerer, GeneratedAnswer, make_answerer
-from rag.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER, Context
-from rag.retrieval import Mode, RetrievalResult, Retriever
-from rag.sanitize import find_injection, redact_injections, sanitize_question
+from rag.answering.generation.answerer import Answerer, GeneratedAnswer, make_answerer
+from rag.answering.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER, Context
+from rag.answering.retrieval import Mode, RetrievalResult, Retriever
+from rag.answering.sanitize import find_injection, redact_injections, sanitize_question
+from rag.indexing.embedding import Embedder
+from rag.indexing.store import VectorStore
 from rag.settings import Settings
-from rag.store import VectorStore
 
 ABSTAIN_ANSWER = UNKNOWN_ANSWER
 AbstainReason = Literal["no_context", "weak_retrieval", "model_unknown"]

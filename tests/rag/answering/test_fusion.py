@@ -1,10 +1,10 @@
-"""Hybrid fusion (``rag.retrieval.fuse``): convex combination of normalised scores, or reciprocal rank fusion."""
+"""Hybrid fusion (``rag.answering.retrieval.fuse``): convex combination of normalised scores, or RRF."""
 
 from __future__ import annotations
 
 import pytest
 
-from rag.retrieval import fuse
+from rag.answering.retrieval import fuse
 
 DENSE = [("a", 0.80), ("b", 0.60), ("c", 0.40)]
 BM25 = [("c", 12.0), ("d", 9.0), ("a", 3.0)]

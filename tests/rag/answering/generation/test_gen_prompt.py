@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rag.embedding import Embedder
-from rag.generation.prompt import (
+from rag.answering.generation.prompt import (
     CLOSE_FENCE,
     GAP,
     OPEN_FENCE,
@@ -21,6 +20,7 @@ from rag.generation.prompt import (
     build_messages,
     select_context,
 )
+from rag.indexing.embedding import Embedder
 
 
 def ctx(index: int, chunk_id: str, text: str, title: str = "") -> Context:

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from rag.errors import ConfigError, GenerationTimeoutError, ModelError
-from rag.generation.answerer import make_answerer
-from rag.generation.backends import (
+from rag.answering.generation.answerer import make_answerer
+from rag.answering.generation.backends import (
     DEFAULT_GGUF_NAME,
     DEFAULT_GGUF_SHA256,
     LLMBackend,
@@ -25,7 +24,8 @@ from rag.generation.backends import (
     make_backend,
     smollm2_path,
 )
-from rag.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER
+from rag.answering.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER
+from rag.errors import ConfigError, GenerationTimeoutError, ModelError
 from rag.settings import Settings
 
 STORY = [{"role": "user", "content": "Write one sentence about a lighthouse keeper."}]

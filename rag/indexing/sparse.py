@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.store import StoredChunk
+from rag.indexing.store import StoredChunk
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rag.manifest import Manifest
+from rag.indexing.manifest import Manifest
+from rag.indexing.sparse import SparseIndex
+from rag.indexing.store import VectorStore
 from rag.settings import Settings
-from rag.sparse import SparseIndex
-from rag.store import VectorStore
 
 
 def index_status(settings: Settings, store: VectorStore | None = None) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rag.generation.prompt import UNKNOWN_ANSWER, Context
-from rag.generation.sentences import question_weights, split_sentences, terms
+from rag.answering.generation.prompt import UNKNOWN_ANSWER, Context
+from rag.answering.generation.sentences import question_weights, split_sentences, terms
 
 
 class ExtractiveGenerator:

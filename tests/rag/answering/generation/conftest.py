@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from rag.generation.backends import LocalBackend, smollm2_path
-from rag.generation.prompt import Context
+from rag.answering.generation.backends import LocalBackend, smollm2_path
+from rag.answering.generation.prompt import Context
 
 CHUNKS = {
     "c-config": (

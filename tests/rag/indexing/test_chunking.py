@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 
-from rag.chunking import Chunker, ChunkerConfig
-from rag.documents import Document
-from rag.embedding import Embedder
+from rag.indexing.chunking import Chunker, ChunkerConfig
+from rag.indexing.documents import Document
+from rag.indexing.embedding import Embedder
 
 
 def make_doc(text: str, title: str = "Title", doc_id: str = "doc.txt") -> Document:

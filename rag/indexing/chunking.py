@@ -12,7 +12,7 @@ from typing import Any
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from rag.documents import Chunk, Document, make_chunk_id, sha256_text
+from rag.indexing.documents import Chunk, Document, make_chunk_id, sha256_text
 
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
 TITLE_PREFIX_CHARS = 200

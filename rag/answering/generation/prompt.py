@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.generation.sentences import overlap_scores, split_sentences
+from rag.answering.generation.sentences import overlap_scores, split_sentences
 
 PROMPT_VERSION = "rag-v1"
 UNKNOWN_ANSWER = "I don't know based on the provided documents."

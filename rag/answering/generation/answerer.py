@@ -7,8 +7,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rag.errors import InvalidInputError
-from rag.generation.backends import (
+from rag.answering.generation.backends import (
     Completion,
     CompletionStream,
     LLMBackend,
@@ -17,9 +16,9 @@ from rag.generation.backends import (
     ResultStream,
     make_backend,
 )
-from rag.generation.citations import check_citations, infer_citations, is_unknown_answer
-from rag.generation.extractive import ExtractiveGenerator
-from rag.generation.prompt import (
+from rag.answering.generation.citations import check_citations, infer_citations, is_unknown_answer
+from rag.answering.generation.extractive import ExtractiveGenerator
+from rag.answering.generation.prompt import (
     PROMPT_VERSION,
     UNKNOWN_ANSWER,
     Context,
@@ -27,6 +26,7 @@ from rag.generation.prompt import (
     build_messages,
     select_context,
 )
+from rag.errors import InvalidInputError
 from rag.settings import Settings
 
 
@@ -103,7 +103,7 @@ class Answerer:
         if not isinstance(question, str) or not question.strip():
             raise InvalidInputError("the question is empty")
         if any(not isinstance(c, Context) for c in contexts):
-            raise InvalidInputError("contexts must be rag.generation.prompt.Context records")
+            raise InvalidInputError("contexts must be rag.answering.generation.prompt.Context records")
         return select_context(question, contexts, self.context_chars, embed=self.embed)
 
     def _finish(

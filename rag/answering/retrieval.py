@@ -25,12 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rag.embedding import Embedder
 from rag.errors import IndexNotReadyError, InvalidInputError
-from rag.manifest import Manifest
+from rag.indexing.embedding import Embedder
+from rag.indexing.manifest import Manifest
+from rag.indexing.sparse import FILTERABLE_KEYS, SparseIndex
+from rag.indexing.store import StoredChunk, VectorStore
 from rag.settings import Settings
-from rag.sparse import FILTERABLE_KEYS, SparseIndex
-from rag.store import StoredChunk, VectorStore
 
 Mode = Literal["dense", "bm25", "hybrid"]
 FILTER_OPERATORS = {"$eq", "$ne", "$in", "$nin"}

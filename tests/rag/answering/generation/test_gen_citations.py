@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from rag.generation.citations import (
+from rag.answering.generation.citations import (
     check_citations,
     cited_contexts,
     infer_citations,
     is_unknown_answer,
     parse_citations,
 )
-from rag.generation.prompt import UNKNOWN_ANSWER, Context
+from rag.answering.generation.prompt import UNKNOWN_ANSWER, Context
 
 
 @pytest.mark.parametrize(

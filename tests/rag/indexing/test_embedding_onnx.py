@@ -10,10 +10,10 @@ import pytest
 
 from ingest.pipeline import IngestionPipeline
 from ingest.report import IngestionSummary
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples"
 TEXTS = [
     "The printing press spread through Europe in the fifteenth century.",
     "Coral reefs are built by colonies of tiny animals called polyps, which secrete calcium carbonate skeletons "
