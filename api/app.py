@@ -26,7 +26,7 @@ from api.observability import Metrics, QueryLog, configure_json_logging
 from api.problems import ApiError, install_problem_handlers, problem, problem_responses
 from ingest.pipeline import IngestionPipeline
 from rag.answering.generation.answerer import Answerer, make_answerer
-from rag.answering.pipeline import QueryPipeline, QueryResponse, StreamEvent
+from rag.answering.pipeline import PipelineResult, QueryPipeline, QueryResponse, ResultEvent, StreamEvent, TokenEvent
 from rag.errors import NotFoundError, RagError
 from rag.indexing.embedding import Embedder
 from rag.indexing.manifest import Manifest
@@ -255,12 +255,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         services.keys.require(request)
         return services
 
-    def record(services: Services, question: str, event: StreamEvent) -> None:
-        response = event.data
-        assert isinstance(response, QueryResponse)
+    def record(services: Services, question: str, result: PipelineResult) -> None:
+        response = result.response
         services.metrics.observe_answer(response)
         try:
-            services.query_log.append(question, response, event.query_embedding, event.top_score)
+            services.query_log.append(question, response, result.query_embedding, result.top_score)
         except OSError:
             log.exception("could not append to the query log", extra={"request_id": response.request_id})
 
@@ -321,19 +320,18 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     async def query(body: QueryRequest, request: Request, services: Services = Depends(query_access)) -> QueryResponse:
         """Answer a question with citations, or abstain with the fixed answer."""
 
-        def run() -> StreamEvent:
+        def run() -> PipelineResult:
             for event in events(services, body, request.state.request_id):
-                if event.event == "result":
-                    return event
+                if isinstance(event, ResultEvent):
+                    return event.result
             raise RuntimeError("pipeline produced no result")
 
         try:
-            event = await asyncio.wait_for(run_in_threadpool(run), timeout=services.settings.request_timeout_s)
+            result = await asyncio.wait_for(run_in_threadpool(run), timeout=services.settings.request_timeout_s)
         except TimeoutError as exc:
             raise ApiError(504, "timeout", f"no answer within {services.settings.request_timeout_s:.0f}s") from exc
-        record(services, body.question, event)
-        assert isinstance(event.data, QueryResponse)
-        return event.data
+        record(services, body.question, result)
+        return result.response
 
     @app.post(
         "/v1/query/stream",
@@ -352,12 +350,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             event: StreamEvent | None = first
             try:
                 while event is not None:
-                    if event.event == "token":
-                        yield f"event: token\ndata: {json.dumps({'delta': event.data})}\n\n"
+                    if isinstance(event, TokenEvent):
+                        yield f"event: token\ndata: {json.dumps({'delta': event.delta})}\n\n"
                     else:
-                        record(services, body.question, event)
-                        assert isinstance(event.data, QueryResponse)
-                        yield f"event: result\ndata: {event.data.model_dump_json()}\n\n"
+                        record(services, body.question, event.result)
+                        yield f"event: result\ndata: {event.response.model_dump_json()}\n\n"
                     event = next(iterator, None)
             except RagError as exc:
                 yield f"event: error\ndata: {json.dumps({'code': exc.code, 'detail': str(exc)})}\n\n"

@@ -44,7 +44,7 @@ def run(
     from ingest.pipeline import IngestionPipeline
     from rag.answering.generation.answerer import make_answerer
     from rag.answering.generation.backends import make_backend
-    from rag.answering.pipeline import QueryPipeline
+    from rag.answering.pipeline import QueryPipeline, ResultEvent, TokenEvent
     from rag.indexing.embedding import Embedder
     from rag.indexing.store import VectorStore
 
@@ -82,10 +82,10 @@ def run(
             first: float | None = None
             response = None
             for event in pipeline.stream(row["question"]):
-                if event.event == "token" and first is None:
+                if isinstance(event, TokenEvent) and first is None:
                     first = time.perf_counter() - started
-                elif event.event == "result":
-                    response = event.data
+                elif isinstance(event, ResultEvent):
+                    response = event.response
             assert response is not None
             total = time.perf_counter() - started
             cited_docs = {c.doc_id for c in response.citations if c.cited_in_answer}

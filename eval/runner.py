@@ -41,7 +41,7 @@ from eval.metrics import (
 )
 from rag.answering.generation.answerer import make_answerer
 from rag.answering.generation.backends import LLMBackend
-from rag.answering.pipeline import QueryPipeline
+from rag.answering.pipeline import PipelineResult, QueryPipeline
 from rag.answering.retrieval import Mode
 from rag.answering.sanitize import sanitize_question
 from rag.errors import InvalidInputError, RagError
@@ -407,12 +407,14 @@ class EvalRunner:
                         row["retrieval_ms"] = round(retrieved.seconds * 1000, 2)
                 if answers:
                     t0 = time.perf_counter()
-                    response = pipeline.run(sample.question, request_id=f"eval-{sample.id}")
-                    shown = pipeline.retrieve(question)  # the same top_k chunks the answer was built on
+                    result = pipeline.run(sample.question, request_id=f"eval-{sample.id}")
                     seconds["answer"] += time.perf_counter() - t0
-                    contexts = [c.text for c in shown.chunks]
+                    # the judge sees what the generator saw: the budgeted context of the prompt, or, when the
+                    # pipeline abstained before generating, the chunks it retrieved
+                    shown = result.shown_contexts
+                    contexts = [c.text for c in shown] or [c.text for c in result.retrieval.chunks]
                     row["contexts"] = contexts
-                    self._answer_columns(row, sample, response, shown)
+                    self._answer_columns(row, sample, result)
             except RagError as exc:  # one bad question must not sink the run
                 row["pipeline_error"] = f"{exc.code}: {exc}"[:300]
                 if answers and isinstance(exc, InvalidInputError):
@@ -442,7 +444,9 @@ class EvalRunner:
         return row
 
     @staticmethod
-    def _answer_columns(row: dict[str, Any], sample: EvalSample, response: Any, shown: Any) -> None:
+    def _answer_columns(row: dict[str, Any], sample: EvalSample, result: PipelineResult) -> None:
+        response = result.response
+        chunks = result.shown_contexts or result.retrieval.chunks
         predicted = extract_decision(response.answer, abstained=response.abstained) if sample.decision else None
         row.update(
             {
@@ -450,8 +454,8 @@ class EvalRunner:
                 "abstained": response.abstained,
                 "abstain_reason": response.abstain_reason,
                 "confidence": response.confidence,
-                "context_chunk_ids": [c.chunk_id for c in shown.chunks],
-                "context_doc_ids": [c.doc_id for c in shown.chunks],
+                "context_chunk_ids": [c.chunk_id for c in chunks],
+                "context_doc_ids": [c.doc_id for c in chunks],
                 "cited_doc_ids": [c.doc_id for c in response.citations if c.cited_in_answer],
                 "generation_ms": response.timings_ms.get("generation"),
                 "total_ms": response.timings_ms.get("total"),

@@ -102,20 +102,22 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print the full response object as JSON."),
 ) -> None:
     """Answer a question with citations, or abstain; the same pipeline as the HTTP API."""
-    from rag.answering.pipeline import QueryPipeline
+    from rag.answering.pipeline import QueryPipeline, ResultEvent, TokenEvent
 
     settings = load_settings(collection=collection, generator=generator, retrieval_mode=mode)
     pipeline = QueryPipeline(settings)
     if as_json:
-        emit_json(pipeline.run(question, top_k=top_k).model_dump())
+        emit_json(pipeline.run(question, top_k=top_k).response.model_dump())
         return
     response = None
     for event in pipeline.stream(question, top_k=top_k):
-        if event.event == "token":
-            typer.echo(event.data, nl=False)
-        else:
-            response = event.data
-    assert response is not None and not isinstance(response, str)
+        if isinstance(event, TokenEvent):
+            typer.echo(event.delta, nl=False)
+        elif isinstance(event, ResultEvent):
+            response = event.response
+    if response is None:  # pragma: no cover - the pipeline always ends with a result
+        fail("the pipeline ended without a result")
+        return
     if response.abstained:
         typer.echo(f"\r{response.answer}  (abstained: {response.abstain_reason})")
     typer.echo(f"\nconfidence {response.confidence:.2f} · index {response.versions.index}")

@@ -86,7 +86,7 @@ def main() -> None:
     results = []
     for row in rows:
         started = time.perf_counter()
-        response = pipeline.run(row["question"])
+        response = pipeline.run(row["question"]).response
         seconds = time.perf_counter() - started
         cited_docs = {c.doc_id for c in response.citations}  # cited, or inferred from an uncited answer
         f1 = token_f1(response.answer, row.get("reference") or "")

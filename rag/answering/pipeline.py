@@ -70,14 +70,51 @@ class QueryResponse(BaseModel):
     usage: dict[str, int | None] = Field(default_factory=dict)
 
 
-@dataclass
-class StreamEvent:
-    """A token delta, or the final response with what the query log needs (not part of the HTTP body)."""
+@dataclass(frozen=True)
+class PipelineResult:
+    """Everything one question produced: the response sent to the client, the retrieval behind it and the
+    generated answer with the contexts the generator was actually shown (``None`` when it abstained before
+    generating). The API logs from it and the evaluation judges exactly what the generator saw.
+    """
 
-    event: Literal["token", "result"]
-    data: str | QueryResponse
-    query_embedding: np.ndarray | None = None
-    top_score: float | None = None
+    question: str
+    response: QueryResponse
+    retrieval: RetrievalResult
+    generated: GeneratedAnswer | None
+
+    @property
+    def query_embedding(self) -> np.ndarray:
+        return self.retrieval.query_embedding
+
+    @property
+    def top_score(self) -> float | None:
+        return self.retrieval.top_dense
+
+    @property
+    def shown_contexts(self) -> list[Context]:
+        """The (budgeted) source texts in the prompt, numbered as the generator saw them."""
+        return list(self.generated.contexts) if self.generated is not None else []
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A text delta while the answer is generated."""
+
+    delta: str
+
+
+@dataclass(frozen=True)
+class ResultEvent:
+    """The last event of a stream: the full result."""
+
+    result: PipelineResult
+
+    @property
+    def response(self) -> QueryResponse:
+        return self.result.response
+
+
+StreamEvent = TokenEvent | ResultEvent
 
 
 def confidence_score(top_cosine: float | None, cited: bool, settings: Settings) -> float:
@@ -146,12 +183,11 @@ class QueryPipeline:
         mode: Mode | None = None,
         filters: dict[str, Any] | None = None,
         request_id: str | None = None,
-    ) -> QueryResponse:
-        stream = self.stream(question, top_k=top_k, mode=mode, filters=filters, request_id=request_id)
-        for event in stream:
-            if event.event == "result":
-                assert isinstance(event.data, QueryResponse)
-                return event.data
+    ) -> PipelineResult:
+        """The whole result of one question (``.response`` is what the API returns)."""
+        for event in self.stream(question, top_k=top_k, mode=mode, filters=filters, request_id=request_id):
+            if isinstance(event, ResultEvent):
+                return event.result
         raise RuntimeError("the pipeline ended without a result")  # pragma: no cover
 
     def stream(
@@ -179,7 +215,7 @@ class QueryPipeline:
 
         if not retrieval.chunks or top is None or top < self.settings.min_relevance:
             reason: AbstainReason = "no_context" if not retrieval.chunks else "weak_retrieval"
-            yield self._result(request_id, retrieval, None, reason, flagged, timings, started)
+            yield self._result(question, request_id, retrieval, None, reason, flagged, timings, started)
             return
 
         contexts = [
@@ -200,17 +236,18 @@ class QueryPipeline:
             answer_stream = self.answerer.stream(question, contexts)
             try:
                 for delta in answer_stream:
-                    yield StreamEvent(event="token", data=delta)
+                    yield TokenEvent(delta)
             finally:
                 answer_stream.close()
             timings["generation"] = (time.perf_counter() - tick) * 1000
         generated = answer_stream.result
         assert generated is not None
         reason_or_none: AbstainReason | None = "model_unknown" if generated.model_said_unknown else None
-        yield self._result(request_id, retrieval, generated, reason_or_none, flagged, timings, started)
+        yield self._result(question, request_id, retrieval, generated, reason_or_none, flagged, timings, started)
 
     def _result(
         self,
+        question: str,
         request_id: str,
         retrieval: RetrievalResult,
         generated: GeneratedAnswer | None,
@@ -218,7 +255,7 @@ class QueryPipeline:
         flagged: list[str],
         timings: dict[str, float],
         started: float,
-    ) -> StreamEvent:
+    ) -> ResultEvent:
         timings["total"] = (time.perf_counter() - started) * 1000
         by_chunk = {c.chunk_id: c for c in retrieval.chunks}
         citations: list[Citation] = []
@@ -260,6 +297,4 @@ class QueryPipeline:
                 "completion_tokens": generated.completion_tokens if generated else None,
             },
         )
-        return StreamEvent(
-            event="result", data=response, query_embedding=retrieval.query_embedding, top_score=retrieval.top_dense
-        )
+        return ResultEvent(PipelineResult(question, response, retrieval, generated))

@@ -99,7 +99,7 @@ def test_poisoned_document_is_flagged_and_does_not_change_the_answer(
     ]
     baseline = pipeline.answerer.answer(question, clean)
 
-    response = pipeline.run(question)
+    response = pipeline.run(question).response
     prompt = recording.calls[-1][1]["content"]
     print(f"\n{question}\nclean:    {baseline.text!r}\npoisoned: {response.answer!r}")
     assert attack_chunks <= set(response.flagged_chunk_ids)
