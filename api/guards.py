@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import threading
@@ -14,6 +13,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import ApiError, problem
+from rag.hashing import sha256_text
 from rag.settings import Settings
 
 
@@ -30,7 +30,7 @@ def presented_key(request: Request) -> str | None:
 
 def key_fingerprint(key: str) -> str:
     """A short, non-reversible id for logs and rate-limit buckets; the key itself is never logged."""
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    return sha256_text(key)[:12]
 
 
 class KeyChecker:

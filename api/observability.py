@@ -1,8 +1,7 @@
-"""Prometheus metrics (one registry per app), structured JSON logs, and the query log used for drift monitoring."""
+"""Prometheus metrics (one registry per app), structured JSON logs, and the query-log writer (drift input)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,6 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rag.answering.pipeline import QueryResponse
+from rag.hashing import sha256_text
+from rag.ml.query_log import LatencyMs, QueryLogRecord, QueryVersions
 from rag.settings import Settings
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 6, 10, 20, 60, 120)
@@ -121,37 +122,45 @@ def configure_json_logging(level: int = logging.INFO) -> None:
     logger.propagate = False
 
 
-class QueryLog:
-    """Append-only JSON lines: the input of `rag drift` on the live query stream."""
+class QueryLogWriter:
+    """Appends one ``QueryLogRecord`` per answered query as a JSON line: the input of `rag drift`.
+
+    ``RAG_LOG_QUESTIONS`` decides what is kept of the question: ``text`` (the question and its hash), ``hash``
+    (only the hash) or ``none`` (nothing is logged).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.path: Path = settings.query_log_path
         self.mode = settings.log_questions
         self._lock = threading.Lock()
 
+    def record_for(
+        self, question: str, response: QueryResponse, query_embedding: Any, top_score: float | None
+    ) -> QueryLogRecord:
+        return QueryLogRecord(
+            ts=datetime.now(UTC),
+            request_id=response.request_id,
+            question_hash=sha256_text(question),
+            question=question if self.mode == "text" else None,
+            question_chars=len(question),
+            mode=response.mode,
+            top_score=top_score,
+            abstained=response.abstained,
+            abstain_reason=response.abstain_reason,
+            confidence=response.confidence,
+            latency_ms=LatencyMs(
+                retrieval=response.timings_ms.get("retrieval"),
+                generation=response.timings_ms.get("generation"),
+                total=response.timings_ms.get("total"),
+            ),
+            versions=QueryVersions.model_validate(response.versions.model_dump()),
+            query_embedding=[round(float(v), 5) for v in query_embedding] if query_embedding is not None else None,
+        )
+
     def append(self, question: str, response: QueryResponse, query_embedding: Any, top_score: float | None) -> None:
         if self.mode == "none":
             return
-        record = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "request_id": response.request_id,
-            "question_hash": hashlib.sha256(question.encode()).hexdigest(),
-            "question": question if self.mode == "text" else None,
-            "question_chars": len(question),
-            "mode": response.mode,
-            "top_score": top_score,
-            "abstained": response.abstained,
-            "abstain_reason": response.abstain_reason,
-            "confidence": response.confidence,
-            "latency_ms": {
-                "retrieval": response.timings_ms.get("retrieval"),
-                "generation": response.timings_ms.get("generation"),
-                "total": response.timings_ms.get("total"),
-            },
-            "versions": response.versions.model_dump(),
-            "query_embedding": [round(float(v), 5) for v in query_embedding] if query_embedding is not None else None,
-        }
-        line = json.dumps(record) + "\n"
+        line = self.record_for(question, response, query_embedding, top_score).model_dump_json() + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

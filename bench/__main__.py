@@ -1,4 +1,4 @@
-"""``python -m bench ingest|query|quality|encoder|context [--quick]``: print a table, write JSON under .bench/."""
+"""``python -m bench ingest|query|quality|encoder|context|generator [--quick]``: print a table, write JSON in .bench/"""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from bench.common import BenchError, write_result
+from rag.runtime import configure_runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -16,6 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 @app.callback()
 def main() -> None:
     """Benchmarks for ingestion, queries and retrieval quality (see docs/PERFORMANCE.md)."""
+    configure_runtime()
 
 
 def _run(kind: str, out: Path | None, **options: Any) -> None:
@@ -38,7 +40,7 @@ def ingest(
     limit: int | None = typer.Option(None, min=1, help="Use only the first N documents."),
     steps: str | None = typer.Option(None, help="Comma-separated steps (default: all, see bench/ingest.py)."),
     threads: int = typer.Option(0, min=0, help="torch/ONNX Runtime threads for every step (0 = usable cores)."),
-    backend: str = typer.Option("onnx-int8", help="Our embedding backend for the rerun/update steps."),
+    backend: str = typer.Option("bge-small-int8", help="Our embedder configuration for the rerun/update steps."),
     ingest_batch_chunks: int | None = typer.Option(None, min=1, help="Chunks per store write (RAG default 256)."),
     out: Path | None = typer.Option(None, help="JSON output path (default .bench/ingest-<time>.json)."),
 ) -> None:
@@ -72,19 +74,42 @@ def encoder(
 def quality(
     quick: bool = typer.Option(False, help="60 train + 60 test queries over a 500-document SciFact subset."),
     dataset: Path | None = typer.Option(None, help="A BEIR folder with qrels/train.tsv and qrels/test.tsv."),
-    backends: str = typer.Option("onnx-int8,torch", help="Encoder backends to index and compare."),
+    backends: str = typer.Option(
+        "bge-small-int8,onnx-int8",
+        help="Embedder configurations to index and compare: bge-small-int8 (default), onnx-int8, torch (MiniLM).",
+    ),
+    rerank: bool = typer.Option(True, help="Reranker study on the first embedder (grid tuned on train)."),
+    train_limit: int | None = typer.Option(None, min=1, help="Train queries for the reranker grid (default all)."),
+    labelled: str = typer.Option(
+        "samples/qa/sample_qa.jsonl,../shared/data/pubmedqa",
+        help="Labelled sets scored for every configuration (JSONL with reference_doc_ids, PubMedQA folders).",
+    ),
+    labelled_limit: int | None = typer.Option(None, min=1, help="Questions per labelled set (default all)."),
+    work_dir: Path | None = typer.Option(None, help="Where indexes and caches live (default .bench/work)."),
     out: Path | None = typer.Option(None, help="JSON output path."),
 ) -> None:
-    """nDCG@10 and recall@100 for dense, BM25, hybrid (default and tuned on train) beside published figures."""
+    """nDCG@10 and recall@100 for dense, BM25, hybrid and reranked, per embedder, beside published figures."""
     chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
-    _run("quality", out, quick=quick, dataset_dir=dataset, backends=chosen)
+    sets = tuple(Path(p.strip()) for p in labelled.split(",") if p.strip() and Path(p.strip()).exists())
+    _run(
+        "quality",
+        out,
+        quick=quick,
+        dataset_dir=dataset,
+        backends=chosen,
+        rerank=rerank,
+        train_limit=train_limit or (20 if quick else None),
+        labelled=sets,
+        labelled_limit=labelled_limit or (20 if quick else None),
+        **({"work_root": work_dir} if work_dir else {}),
+    )
 
 
 @app.command()
 def query(
     quick: bool = typer.Option(False, help="A small SciFact subset index, short load runs."),
     data_dir: Path | None = typer.Option(None, help="An ingested data directory (default: the SciFact bench index)."),
-    backend: str = typer.Option("onnx-int8", help="Embedding backend the index was built with."),
+    backend: str = typer.Option("bge-small-int8", help="Embedder configuration the index was built with."),
     users: str = typer.Option("1,8,32", help="Concurrent locust users, comma-separated."),
     skip_generation: bool = typer.Option(False, help="Only the extractive (retrieval-bound) HTTP runs."),
     out: Path | None = typer.Option(None, help="JSON output path."),
@@ -117,6 +142,25 @@ def context(
         budgets=tuple(int(b) for b in budgets.split(",")),
         n_questions=questions,
         backend=backend,
+    )
+
+
+@app.command()
+def generator(
+    quick: bool = typer.Option(False, help="SmolLM2-135M, 2 questions, 4 configurations (a smoke test, not speed)."),
+    configs: str | None = typer.Option(
+        None, help="Comma-separated configurations (see bench/generator.py CANDIDATES; a+b merges; 'default')."
+    ),
+    questions: int | None = typer.Option(None, min=1, help="Labelled sample questions (default 16, quick 2)."),
+    models_dir: Path | None = typer.Option(None, help="Where the bundled GGUFs and requantized variants are cached."),
+    backend: str = typer.Option("onnx-int8", help="Embedding backend."),
+    out: Path | None = typer.Option(None, help="JSON output path."),
+) -> None:
+    """Generator configurations (requantized weights, threads, batches, flash attention, KV type, prompt cache,
+    speculative decoding, shorter prompts) vs today's default in one interleaved run: speed ratios and quality."""
+    chosen = tuple(c.strip() for c in configs.split(",") if c.strip()) if configs else None
+    _run(
+        "generator", out, quick=quick, configs=chosen, n_questions=questions, models_dir=models_dir, backend=backend
     )
 
 

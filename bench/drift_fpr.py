@@ -127,7 +127,8 @@ def query_pool(n: int, seed: int) -> list[str]:
 
 def query_log(splits: int, seed: int, reference_size: int, current_size: int) -> None:
     from rag.indexing.embedding import Embedder
-    from rag.ml.query_drift import QueryRecord, compare_query_windows
+    from rag.ml.query_drift import compare_query_windows
+    from rag.ml.query_log import QueryLogRecord
     from rag.settings import Settings
 
     pool_size = reference_size + current_size + 100
@@ -142,7 +143,7 @@ def query_log(splits: int, seed: int, reference_size: int, current_size: int) ->
     for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
         top = float(np.max(corpus @ vector))
         records.append(
-            QueryRecord(
+            QueryLogRecord(
                 ts=start + timedelta(minutes=i),
                 request_id=str(i),
                 question_hash=str(i),

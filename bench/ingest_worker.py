@@ -32,11 +32,12 @@ def _records(corpus: Path) -> list[dict[str, Any]]:
 
 
 def _settings(spec: dict[str, Any]) -> Any:
+    from bench.retrieval_study import embedder_overrides
     from rag.settings import Settings
 
     return Settings(
         data_dir=Path(spec["data_dir"]),
-        embedding_backend=spec["backend"],
+        **embedder_overrides(spec["backend"]),
         torch_threads=int(spec.get("threads") or 0),
         chunk_size=int(spec["chunk_size"]),
         chunk_overlap=int(spec["chunk_overlap"]),
@@ -59,7 +60,7 @@ def run_langchain(spec: dict[str, Any]) -> dict[str, Any]:
     from rag.indexing.embedding import bundled_model_path
 
     _threads(spec)
-    model_path = str(bundled_model_path())
+    model_path = spec.get("model_path") or str(bundled_model_path())
     started = time.perf_counter()
     records = _records(Path(spec["corpus"]))
     splitter = RecursiveCharacterTextSplitter(

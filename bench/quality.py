@@ -23,15 +23,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from bench.common import SCIFACT, WORK_DIR, BenchError, machine_info, require_scifact, table
+from bench.retrieval_study import embedder_overrides
 from eval.datasets import read_qrels
 from eval.metrics import ndcg_at_k, ranked_documents, recall_at_k
 from rag.ml.slices import bootstrap_ci
-from rag.settings import Settings
+from rag.settings import RetrievalMode, Settings
 
 DEEP_POOL = 300
 PUBLISHED_NDCG10 = {  # SciFact test, from ../shared/data/scifact/SOURCE.md and issue 7
@@ -134,7 +135,7 @@ def ensure_index(
         shared_models.mkdir(parents=True, exist_ok=True)
         (data_dir / "models").symlink_to(shared_models.resolve(), target_is_directory=True)
         print(f"[bench quality] building the {backend} index in {data_dir} (minutes on a CPU)", flush=True)
-    settings = Settings(data_dir=data_dir, embedding_backend=backend)  # type: ignore[arg-type]
+    settings = Settings(data_dir=data_dir, **embedder_overrides(backend))
     summary = IngestionPipeline(settings, embedder=embedder, progress=False).run([corpus])
     return {
         "index_version": summary.index_version,
@@ -324,12 +325,21 @@ def run(
     *,
     quick: bool = False,
     dataset_dir: Path | None = None,
-    backends: Sequence[str] = ("onnx-int8", "torch"),
+    backends: Sequence[str] = ("bge-small-int8", "onnx-int8"),
     seed: int = 0,
     work_root: Path = WORK_DIR,
     embedders: dict[str, Any] | None = None,
+    rerank: bool = False,
+    train_limit: int | None = None,
+    labelled: Sequence[Path] = (),
+    labelled_limit: int | None = None,
 ) -> dict[str, Any]:
-    """``embedders`` (backend → loaded ``Embedder``) lets a caller share models it already holds."""
+    """``embedders`` (backend → loaded ``Embedder``) lets a caller share models it already holds.
+
+    ``backends`` name embedder configurations (``bench.retrieval_study.EMBEDDERS``; ``torch``/``onnx-int8`` are
+    all-MiniLM-L6-v2). ``rerank``: the reranker study on the first backend (grid tuned on ``train_limit`` train
+    queries). ``labelled``: JSONL labelled sets or PubMedQA folders, scored for every backend (and reranked).
+    """
     from rag.indexing.embedding import Embedder
 
     machine = machine_info()
@@ -355,8 +365,9 @@ def run(
     per_query: dict[str, dict[str, np.ndarray]] = {}
     for backend in backends:
         data_dir = work / f"ours-{backend}"
-        settings = Settings(data_dir=data_dir, embedding_backend=backend)  # type: ignore[arg-type]
+        settings = Settings(data_dir=data_dir, **embedder_overrides(backend))
         embedder = (embedders or {}).get(backend) or Embedder(settings)
+        (embedders := embedders or {}).setdefault(backend, embedder)
         index_info = ensure_index(corpus, data_dir, backend, work_root / "shared" / "models", embedder)
         pools = GRID["candidate_k"]
         cands = {name: gather(settings, embedder, list(q), dataset.queries, pools=pools) for name, q in splits.items()}
@@ -370,7 +381,7 @@ def run(
             "candidate_k": defaults.candidate_k,
         }
         baseline_rrf = {**default_config, "fusion": "rrf", "rrf_k": 60, "dense_weight": 1.0, "bm25_weight": 1.0}
-        for mode in ("dense", "bm25", "hybrid"):
+        for mode in get_args(RetrievalMode):
             values = score(
                 cands["test"], test_qrels, mode=mode, candidate_k=defaults.candidate_k, **fusion_args(default_config)
             )
@@ -432,9 +443,13 @@ def run(
                 "ci95": [round(low, 4), round(high, 4)],
                 "within_0.005": bool(abs(float(np.nanmean(diff))) <= 0.005),
             }
+    studies = extra_studies(
+        work, work_root, dataset, splits, backends, embedders or {}, rerank, train_limit, labelled, labelled_limit, seed
+    )
     return {
         "benchmark": "quality",
         "machine": machine,
+        **studies,
         "config": {
             "dataset": dataset.name,
             "quick": quick,
@@ -459,6 +474,60 @@ def run(
         "int8_quality_guard": guard,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def extra_studies(
+    work: Path,
+    work_root: Path,
+    dataset: Dataset,
+    splits: dict[str, dict[str, dict[str, int]]],
+    backends: Sequence[str],
+    embedders: dict[str, Any],
+    rerank: bool,
+    train_limit: int | None,
+    labelled: Sequence[Path],
+    labelled_limit: int | None,
+    seed: int,
+) -> dict[str, Any]:
+    """Labelled sets for every embedder side by side, and the reranker study (tuned on train) on the first one."""
+    from bench import retrieval_study as rs
+
+    out: dict[str, Any] = {}
+    sets: dict[str, tuple[list[Path], list[rs.Question]]] = {}
+    for path in labelled:
+        questions = rs.labelled_questions(path)[:labelled_limit]
+        sources = [REPO_ROOT_SAMPLES] if path.suffix == ".jsonl" else _pubmed_corpus(path)
+        sets[path.stem if path.suffix else path.name] = (sources, questions)
+    if sets:
+        out["labelled_sets"] = rs.compare_embedders(sets, backends, work_root / "labelled", seed)
+    if rerank:
+        first = backends[0]
+        settings = Settings(data_dir=work / f"ours-{first}", **embedder_overrides(first))
+        others: dict[str, Any] = {}
+        for name, (sources, questions) in sets.items():
+            own_dir = work_root / "labelled" / name / f"ours-{first}"
+            own = rs.ensure_ingested(sources, own_dir, embedder_overrides(first), work_root / "models")
+            others[name] = (own, questions)
+        out["rerank"] = rs.rerank_study(
+            settings,
+            embedders.get(first),
+            rs.beir_questions(dataset.queries, splits["train"], train_limit),
+            rs.beir_questions(dataset.queries, splits["test"], None),
+            others,
+            work_root / "rerank-cache.sqlite",
+            seed,
+        )
+        out["rerank"]["embedder"] = first
+    return out
+
+
+REPO_ROOT_SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "corpus"
+
+
+def _pubmed_corpus(path: Path) -> list[Path]:
+    from eval.datasets import load_dataset as load_eval_dataset
+
+    return list(load_eval_dataset(path, work_dir=Path("/tmp") / "ragkit-bench-corpora").corpus)
 
 
 LABELS = {

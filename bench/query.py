@@ -21,15 +21,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 
 from bench.common import REPO_ROOT, WORK_DIR, BenchError, machine_info, percentiles, require_scifact, table
-from rag.settings import Settings
+from bench.retrieval_study import embedder_overrides
+from rag.settings import RetrievalMode, Settings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-MODES = ("dense", "bm25", "hybrid")
+MODES: tuple[RetrievalMode, ...] = get_args(RetrievalMode)
 
 
 def load_questions(limit: int | None = None) -> list[str]:
@@ -83,6 +84,7 @@ def inprocess(settings: Settings, questions: Sequence[str]) -> dict[str, Any]:
                 "n": len(cached),
                 **{k: ms(v) for k, v in percentiles(cached).items() if v is not None},
             }
+    modes.update(reranked(settings, embedder, store, questions[:-6]))
 
     components: dict[str, list[float]] = {"embed_query": [], "chroma_query": [], "bm25_search": [], "manifest_load": []}
     index = warm.sparse_index()
@@ -119,6 +121,45 @@ def inprocess(settings: Settings, questions: Sequence[str]) -> dict[str, Any]:
         "bm25_load_ms": ms(min(loads)),
         "bm25_rebuild_ms": ms(rebuild),
     }
+
+
+def reranked(settings: Settings, embedder: Any, store: Any, questions: Sequence[str]) -> dict[str, Any]:
+    """Hybrid retrieval with the cross-encoder reordering the top N (query embeddings cached: the rerank cost alone)."""
+    from rag.answering.retrieval import Retriever
+
+    out: dict[str, Any] = {}
+    for candidates in sorted({10, 20, settings.rerank_candidates}):
+        config = settings.with_overrides(rerank=True, rerank_candidates=candidates)
+        retriever = Retriever(config, embedder=embedder, store=store)
+        subset = questions[: min(60, len(questions))]
+        for question in subset:
+            retriever.embed_query(question)  # warm the cache: the rows compare reranking, not encoding
+        timings = []
+        for question in subset:
+            tick = time.perf_counter()
+            retriever.retrieve(question, mode="hybrid")
+            timings.append(time.perf_counter() - tick)
+        row = {k: ms(v) for k, v in percentiles(timings).items() if v is not None}
+        out[f"hybrid + rerank N={candidates} (query embedding cached)"] = {"n": len(timings), **row}
+    return out
+
+
+def rerank_share(result: dict[str, Any]) -> dict[str, Any] | None:
+    """What reranking adds to retrieval (p50), as a share of the local model's full answer time (p50)."""
+    modes = result["inprocess"]["modes"]
+    base = modes.get("hybrid (query embedding cached)", {}).get("p50")
+    answer = (result.get("http", {}).get("local") or {}).get("streaming", {}).get("answer_s", {}).get("p50")
+    if base is None:
+        return None
+    out: dict[str, Any] = {"full_answer_p50_s": answer}
+    for name, row in modes.items():
+        if name.startswith("hybrid + rerank"):
+            added = max(0.0, row["p50"] - base)
+            out[name] = {
+                "added_p50_ms": round(added, 1),
+                "share_of_answer": round(added / 1000 / answer, 3) if answer else None,
+            }
+    return out
 
 
 class Server:
@@ -270,7 +311,7 @@ def run(
     *,
     quick: bool = False,
     data_dir: Path | None = None,
-    backend: str = "onnx-int8",
+    backend: str = "bge-small-int8",
     skip_generation: bool = False,
     users: Sequence[int] = (1, 8, 32),
     questions: Sequence[str] | None = None,
@@ -295,7 +336,8 @@ def run(
             index = ensure_index(corpus, data_dir, backend, models)
     else:
         index = {"data_dir": str(data_dir)}
-    settings = Settings(data_dir=data_dir, embedding_backend=backend)  # type: ignore[arg-type]
+    overrides = embedder_overrides(backend)
+    settings = Settings(data_dir=data_dir, **overrides)
     questions = list(questions) if questions is not None else load_questions(60 if quick else 806)
     if len(questions) < 12:
         raise BenchError("the query benchmark needs at least 12 distinct questions")
@@ -324,7 +366,8 @@ def run(
     questions_file.write_text(json.dumps(questions))
     env = {
         "RAG_DATA_DIR": str(data_dir),
-        "RAG_EMBEDDING_BACKEND": backend,
+        "RAG_EMBEDDING_MODEL": str(overrides["embedding_model"]),
+        "RAG_EMBEDDING_BACKEND": str(overrides.get("embedding_backend", "torch")),
         "RAG_RATE_LIMIT_PER_MINUTE": "1000000",
     }
     http: dict[str, Any] = {}
@@ -350,6 +393,7 @@ def run(
         finally:
             server.stop()
     result["http"] = http
+    result["rerank_share_of_answer"] = rerank_share(result)
     return result
 
 
@@ -398,4 +442,6 @@ def render(result: dict[str, Any]) -> str:
             f"sequential): first token p50 {s['ttft_s']['p50']} s, p95 {s['ttft_s']['p95']} s; full answer p50 "
             f"{s['answer_s']['p50']} s, p95 {s['answer_s']['p95']} s; prompt tokens p50 {s['prompt_tokens_p50']}",
         ]
+    if result.get("rerank_share_of_answer"):
+        lines += ["", f"Reranking added to retrieval, share of a full answer: {result['rerank_share_of_answer']}"]
     return "\n".join(lines)

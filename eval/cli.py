@@ -8,128 +8,147 @@ production`` found no production run for this dataset.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import typer
 
-from rag.cli import emit_json, fail, handles_errors, load_settings
+from rag.console import emit_json, fail, handles_errors, load_settings
 from rag.errors import InvalidInputError
+from rag.settings import RetrievalMode, Settings
 
 GATE_FAILED_EXIT = 1
 NO_BASELINE_EXIT = 3
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
-    @handles_errors
-    def eval_command(
-        dataset: Path | None = typer.Option(
-            None, "--dataset", help="Our QA .jsonl, a BEIR folder (queries + qrels) or a PubMedQA folder."
-        ),
-        limit: int | None = typer.Option(None, "--limit", min=1, help="Score a seeded random subset of N questions."),
-        judge: str | None = typer.Option(None, "--judge", help="local, openai or none (default RAG_EVAL_JUDGE)."),
-        experiment: str = typer.Option("rag-eval", "--experiment", help="MLflow experiment name."),
-        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bars)."),
-        answers: bool | None = typer.Option(
-            None, "--answers/--no-answers", help="Generate answers (default: when judged or references exist)."
-        ),
-        modes: list[str] = typer.Option(
-            ["dense", "bm25", "hybrid"], "--mode", help="Retrieval modes to score (repeat the option)."
-        ),
-        corpus: Path | None = typer.Option(None, "--corpus", help="Documents to ingest for a JSONL dataset."),
-        collection: str | None = typer.Option(None, "--collection", help="Collection (default: eval-<dataset>)."),
-        split: str = typer.Option("test", "--split", help="BEIR qrels split."),
-        generator: str | None = typer.Option(None, "--generator", help="local, openai or extractive."),
-        compare: str | None = typer.Option(
-            None, "--compare", help="Release gate: 'production' or a baseline MLflow run id."
-        ),
-        primary: list[str] = typer.Option([], "--primary", help="Gate metrics (default: the primary set)."),
-        max_drop: float | None = typer.Option(
-            None, "--max-drop", min=0, help="Largest allowed drop of a gate metric (default RAG_EVAL_GATE_MAX_DROP)."
-        ),
-        mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the run to MLflow."),
-        log_pending: bool = typer.Option(
-            False, "--log-pending", help="Log saved runs that did not reach MLflow, then exit."
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
-    ) -> None:
-        """Evaluate the query pipeline on a labelled dataset: retrieval, answers, RAGAS, slices, MLflow, gate."""
-        from eval.gate import PRIMARY_METRICS
-        from eval.report import format_gate, format_text
-        from eval.runner import EvalOptions
-        from eval.tracking import log_pending as log_pending_runs
-        from eval.workflow import outcome_json, run_eval
+    """Add ``eval``, ``promote``, ``tune-embedder`` and ``calibrate`` to the ``rag`` command."""
+    app.command("eval")(handles_errors(eval_command))
+    app.command("promote")(handles_errors(promote_command))
+    from eval.tune import register as register_tune  # `rag tune-embedder` (issue 12)
 
-        settings = load_settings(generator=generator)
-        if log_pending:
-            outcomes = log_pending_runs(settings)
-            if as_json:
-                emit_json(outcomes)
-            else:
-                for item in outcomes:
-                    typer.echo(f"{item['run_dir']}: " + (f"logged as {item['run_id']}" if "run_id" in item
-                                                         else f"still pending ({item['error']})"))
-                if not outcomes:
-                    typer.echo("no pending runs")
-            if any("error" in item for item in outcomes):
-                raise typer.Exit(2)
-            return
-        if dataset is None:
-            raise InvalidInputError("--dataset is required", hint="e.g. rag eval --dataset samples/qa/sample_qa.jsonl")
-        if judge is not None and judge not in ("local", "openai", "none"):
-            raise InvalidInputError(f"unknown --judge {judge!r}", hint="use local, openai or none")
-        unknown_modes = sorted(set(modes) - {"dense", "bm25", "hybrid"})
-        if unknown_modes or not modes:
-            raise InvalidInputError(f"unknown --mode {unknown_modes}", hint="use dense, bm25 and/or hybrid")
-        options = EvalOptions(
-            dataset=dataset,
-            limit=limit,
-            judge=judge,  # type: ignore[arg-type]
-            answers=answers,
-            modes=modes,  # type: ignore[arg-type]
-            corpus=corpus,
-            collection=collection,
-            split=split,
-            experiment=experiment,
-            log_to_mlflow=mlflow,
-            progress=progress and not as_json,
-        )
-        outcome = run_eval(
-            settings, options, compare=compare, primary=primary or PRIMARY_METRICS, max_drop=max_drop
-        )
-        if as_json:
-            emit_json(outcome_json(outcome))
-        else:
-            typer.echo(format_text(outcome.result))
-            if outcome.gate is not None:
-                typer.echo("")
-                typer.echo(format_gate(outcome.gate.model_dump()))
-        if outcome.mlflow_error:
-            fail(outcome.mlflow_error)
-        if outcome.gate_error:
-            fail(outcome.gate_error, NO_BASELINE_EXIT if "no production run" in outcome.gate_error else 2)
-        if outcome.gate is not None and not outcome.gate.passed:
-            raise typer.Exit(GATE_FAILED_EXIT)
+    register_tune(app)
+    from eval.calibrate_cli import register as register_calibrate  # `rag calibrate` (issue 13)
 
-    @app.command("promote")
-    @handles_errors
-    def promote_command(
-        run_id: str = typer.Argument(..., help="MLflow run id of a `rag eval` run."),
-        force: bool = typer.Option(False, "--force", help="Promote even if the run failed the release gate."),
-        as_json: bool = typer.Option(False, "--json", help="Print the new baseline as JSON."),
-    ) -> None:
-        """Make an evaluation run's pipeline config the production baseline (MLflow tags + production.json)."""
-        from eval.tracking import promote
-        from rag.answering.production import production_path
+    register_calibrate(app)
 
-        settings = load_settings()
-        baseline = promote(settings, run_id, force=force)
-        if as_json:
-            emit_json(baseline.model_dump(mode="json"))
-            return
-        typer.echo(
-            f"PROMOTED run {baseline.run_id}: config {baseline.config_version} is production "
-            f"(dataset {baseline.dataset_name}, index {baseline.index_version})"
-        )
-        if baseline.previous:
-            typer.echo(f"replaced config {baseline.previous['config_version']} (run {baseline.previous['run_id']})")
-        typer.echo(f"baseline written to {production_path(settings)}")
+
+def eval_command(
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="Our QA .jsonl, a BEIR folder (queries + qrels) or a PubMedQA folder."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Score a seeded random subset of N questions."),
+    judge: str | None = typer.Option(None, "--judge", help="local, openai or none (default RAG_EVAL_JUDGE)."),
+    experiment: str = typer.Option("rag-eval", "--experiment", help="MLflow experiment name."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bars)."),
+    answers: bool | None = typer.Option(
+        None, "--answers/--no-answers", help="Generate answers (default: when judged or references exist)."
+    ),
+    modes: list[str] = typer.Option(
+        list(get_args(RetrievalMode)), "--mode", help="Retrieval modes to score (repeat the option)."
+    ),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Documents to ingest for a JSONL dataset."),
+    collection: str | None = typer.Option(None, "--collection", help="Collection (default: eval-<dataset>)."),
+    split: str = typer.Option("test", "--split", help="BEIR qrels split."),
+    generator: str | None = typer.Option(None, "--generator", help="local, openai or extractive."),
+    compare: str | None = typer.Option(
+        None, "--compare", help="Release gate: 'production' or a baseline MLflow run id."
+    ),
+    primary: list[str] = typer.Option([], "--primary", help="Gate metrics (default: the primary set)."),
+    max_drop: float | None = typer.Option(
+        None, "--max-drop", min=0, help="Largest allowed drop of a gate metric (default RAG_EVAL_GATE_MAX_DROP)."
+    ),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the run to MLflow."),
+    log_pending: bool = typer.Option(
+        False, "--log-pending", help="Log saved runs that did not reach MLflow, then exit."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Evaluate the query pipeline on a labelled dataset: retrieval, answers, RAGAS, slices, MLflow, gate."""
+    from eval.gate import PRIMARY_METRICS
+    from eval.report import format_gate, format_text
+    from eval.runner import EvalOptions
+    from eval.workflow import outcome_json, run_eval
+
+    settings = load_settings(generator=generator)
+    if log_pending:
+        _log_pending(settings, as_json)
+        return
+    if dataset is None:
+        raise InvalidInputError("--dataset is required", hint="e.g. rag eval --dataset samples/qa/sample_qa.jsonl")
+    _check_choices(judge, modes)
+    options = EvalOptions(
+        dataset=dataset,
+        limit=limit,
+        judge=judge,
+        answers=answers,
+        modes=modes,
+        corpus=corpus,
+        collection=collection,
+        split=split,
+        experiment=experiment,
+        log_to_mlflow=mlflow,
+        progress=progress and not as_json,
+    )
+    outcome = run_eval(
+        settings, options, compare=compare, primary=primary or PRIMARY_METRICS, max_drop=max_drop
+    )
+    if as_json:
+        emit_json(outcome_json(outcome))
+    else:
+        typer.echo(format_text(outcome.result))
+        if outcome.gate is not None:
+            typer.echo("")
+            typer.echo(format_gate(outcome.gate.model_dump()))
+    if outcome.mlflow_error:
+        fail(outcome.mlflow_error)
+    if outcome.gate_error:
+        fail(outcome.gate_error, NO_BASELINE_EXIT if "no production run" in outcome.gate_error else 2)
+    if outcome.gate is not None and not outcome.gate.passed:
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+def promote_command(
+    run_id: str = typer.Argument(..., help="MLflow run id of a `rag eval` run."),
+    force: bool = typer.Option(False, "--force", help="Promote even if the run failed the release gate."),
+    as_json: bool = typer.Option(False, "--json", help="Print the new baseline as JSON."),
+) -> None:
+    """Make an evaluation run's pipeline config the production baseline (MLflow tags + production.json)."""
+    from eval.tracking import promote
+    from rag.answering.production import production_path
+
+    settings = load_settings()
+    baseline = promote(settings, run_id, force=force)
+    if as_json:
+        emit_json(baseline.model_dump(mode="json"))
+        return
+    typer.echo(
+        f"PROMOTED run {baseline.run_id}: config {baseline.config_version} is production "
+        f"(dataset {baseline.dataset_name}, index {baseline.index_version})"
+    )
+    if baseline.previous:
+        typer.echo(f"replaced config {baseline.previous['config_version']} (run {baseline.previous['run_id']})")
+    typer.echo(f"baseline written to {production_path(settings)}")
+
+
+def _log_pending(settings: Settings, as_json: bool) -> None:
+    """``rag eval --log-pending``: log saved runs that did not reach MLflow; exit 2 if some still cannot."""
+    from eval.tracking import log_pending as log_pending_runs
+
+    outcomes = log_pending_runs(settings)
+    if as_json:
+        emit_json(outcomes)
+    else:
+        for item in outcomes:
+            typer.echo(f"{item['run_dir']}: " + (f"logged as {item['run_id']}" if "run_id" in item
+                                                 else f"still pending ({item['error']})"))
+        if not outcomes:
+            typer.echo("no pending runs")
+    if any("error" in item for item in outcomes):
+        raise typer.Exit(2)
+
+
+def _check_choices(judge: str | None, modes: list[str]) -> None:
+    if judge is not None and judge not in ("local", "openai", "none"):
+        raise InvalidInputError(f"unknown --judge {judge!r}", hint="use local, openai or none")
+    unknown_modes = sorted(set(modes) - set(get_args(RetrievalMode)))
+    if unknown_modes or not modes:
+        raise InvalidInputError(f"unknown --mode {unknown_modes}", hint="use dense, bm25 and/or hybrid")

@@ -82,7 +82,7 @@ def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(frame[column], errors="coerce") if column in frame else pd.Series(np.nan, index=frame.index)
 
 
-def compare_frames(
+def paired_metric_differences(
     current: pd.DataFrame,
     baseline: pd.DataFrame,
     *,
@@ -91,7 +91,8 @@ def compare_frames(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> tuple[list[MetricComparison], int, list[str]]:
-    """Per-metric comparisons, the number of aligned questions, and warnings."""
+    """Current minus baseline run, per gate metric: the mean of paired per-question differences with a paired
+    bootstrap CI (unpaired means when no question aligns), the number of aligned questions, and warnings."""
     if max_drop < 0:
         raise InvalidInputError(f"max_drop must be >= 0, got {max_drop}")
     warnings: list[str] = []

@@ -164,7 +164,10 @@ def make_ragas_llm(
     seed: int = 42,
     use_schema: bool = True,
 ) -> Any:
-    """A ``BaseRagasLLM`` that sends ragas' prompts to ``backend`` (defined lazily: ragas imports slowly)."""
+    """A ``BaseRagasLLM`` that sends ragas' prompts to ``backend`` (defined lazily: ragas imports slowly).
+
+    Over 80 lines because it is one class body: the class can only be defined after the lazy ragas import.
+    """
     base_llm, _, run_config_cls = _ragas_base()
     from langchain_core.outputs import Generation, LLMResult
 

@@ -256,7 +256,8 @@ def render_html(result: EvalResult, frame: pd.DataFrame, slices: pd.DataFrame) -
         parts += ["<h2>Published nDCG@10</h2>", _table(published)]
     if result.cost:
         parts += ["<h2>Cost</h2>", _table(pd.DataFrame([{"metric": k, **v} for k, v in result.cost.items()]))]
-    for title, png in _plots(result, frame, slices):
+    calibration = _active_calibration(result.pipeline_config)
+    for title, png in _plots(result, frame, slices) + (calibration_plots(calibration) if calibration else []):
         parts += [f"<h2>{esc(title)}</h2>", f"<img alt='{esc(title)}' src='data:image/png;base64,{png}'>"]
     if not slices.empty:
         shown = slices.loc[slices["status"] != "too_small"]
@@ -267,3 +268,83 @@ def render_html(result: EvalResult, frame: pd.DataFrame, slices: pd.DataFrame) -
         parts += [f"<h2>Errors ({len(failed)} questions)</h2>", _table(failed.head(200))]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+
+
+def reliability_png(rows: list[dict[str, Any]], title: str) -> str:
+    """Reliability diagram: accuracy per confidence bin (bar width = bin, label = n) against the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot([0, 1], [0, 1], ls="--", color="#888", lw=1, label="perfect calibration")
+    for row in rows:
+        if row["n"]:
+            ax.bar(row["low"], row["accuracy"], width=row["high"] - row["low"], align="edge", alpha=0.75,
+                   color="#4C72B0", edgecolor="white")
+            ax.plot([row["mean_confidence"]], [row["accuracy"]], "o", color="#C44E52", ms=4)
+            ax.text(row["low"] + (row["high"] - row["low"]) / 2, min(row["accuracy"] + 0.02, 1.0), str(row["n"]),
+                    ha="center", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("calibrated confidence")
+    ax.set_ylabel("share correct (test split)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
+def risk_coverage_png(curve: list[dict[str, Any]], points: list[tuple[str, float, float]], title: str) -> str:
+    """Error rate among answered against the share of answerable questions answered, over every threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    xs = [c["coverage_answerable"] or 0.0 for c in curve]
+    ys = [c["error_rate"] for c in curve]
+    ax.step(xs, ys, where="post", color="#4C72B0", label="all thresholds")
+    for label, x, y in points:
+        ax.plot([x], [y], "o", ms=6, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max([0.3, *ys]) * 1.05)
+    ax.set_xlabel("coverage of answerable questions")
+    ax.set_ylabel("error rate among answered")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def calibration_plots(artifact: dict[str, Any]) -> list[tuple[str, str]]:
+    """The confidence model's test-split pictures, from its artifact (reliability table + risk-coverage curve)."""
+    plots: list[tuple[str, str]] = []
+    test = artifact.get("test", {})
+    if artifact.get("reliability"):
+        plots.append((
+            f"Confidence reliability, test split (model {artifact.get('version')}, ECE {_fmt(test.get('ece'))})",
+            reliability_png(artifact["reliability"], f"reliability (Brier {_fmt(test.get('brier'))})"),
+        ))
+    if test.get("curve"):
+        points = [(f"target {t['target_error_rate']}", t["coverage_answerable"]["value"] or 0.0,
+                   t["error_rate_answered"]["value"] or 0.0) for t in test.get("at_target", [])
+                  if t["target_error_rate"] in (0.05, 0.1, 0.2)]
+        plots.append(("Risk-coverage curve, test split", risk_coverage_png(test["curve"], points, "risk-coverage")))
+    return plots
+
+
+def _active_calibration(pipeline_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The packaged confidence artifact, when it is the one the evaluated pipeline ran with."""
+    import json
+    from importlib import resources
+
+    version = (pipeline_config.get("calibration") or {}).get("version")
+    packaged = resources.files("rag.answering").joinpath("calibration_default.json")
+    if not version or not packaged.is_file():
+        return None
+    artifact = json.loads(packaged.read_text(encoding="utf-8"))
+    return artifact if artifact.get("version") == version else None

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -42,18 +42,17 @@ from eval.metrics import (
 from rag.answering.generation.answerer import make_answerer
 from rag.answering.generation.backends import LLMBackend
 from rag.answering.pipeline import PipelineResult, QueryPipeline
-from rag.answering.retrieval import Mode
 from rag.answering.sanitize import sanitize_question
 from rag.errors import InvalidInputError, RagError
 from rag.indexing.embedding import Embedder
 from rag.ml.seed import set_seed
 from rag.ml.slices import OVERALL, bootstrap_ci, bucketize, slice_table
-from rag.settings import Settings
+from rag.settings import RetrievalMode, Settings
 
 log = logging.getLogger(__name__)
 
 JudgeKind = Literal["local", "openai", "none"]
-ALL_MODES: tuple[Mode, ...] = ("dense", "bm25", "hybrid")
+ALL_MODES: tuple[RetrievalMode, ...] = get_args(RetrievalMode)
 ANSWER_METRICS = ("answer_f1", "rouge_l", "abstention_accuracy", "decision_accuracy")
 QUESTION_LENGTH_EDGES = (8, 12, 20)  # words; buckets <8, [8,12), [12,20), >=20
 # Published nDCG@10 on the same test split, to print next to ours (see ../shared/data/*/SOURCE.md).
@@ -81,7 +80,7 @@ class EvalOptions(BaseModel):
     limit: int | None = Field(None, ge=1)
     judge: JudgeKind | None = Field(None, description="None: settings.eval_judge.")
     answers: bool | None = Field(None, description="Generate answers; None: when judged or references exist.")
-    modes: list[Mode] = Field(default_factory=lambda: list(ALL_MODES))
+    modes: list[RetrievalMode] = Field(default_factory=lambda: list(ALL_MODES))
     corpus: Path | None = None
     collection: str | None = None
     split: str = "test"
@@ -269,17 +268,7 @@ class EvalRunner:
         answers = self.wants_answers(dataset)
         if self.judge_kind != "none" and not answers:
             warnings.append("--no-answers with a judge: RAGAS metrics need answers and are skipped")
-        # The API's own construction; an injected backend (tests share a loaded model) goes through the same
-        # factory QueryPipeline uses, with nothing else changed.
-        answerer = make_answerer(settings, backend=self._generator_backend) if self._generator_backend else None
-        pipeline = QueryPipeline(settings, embedder=embedder, answerer=answerer)
-        index_version = pipeline.retriever.index_version()
-        if index_version is None:
-            raise InvalidInputError(
-                f"collection {collection!r} is empty: nothing to evaluate",
-                hint="pass --corpus PATH (JSONL datasets) or ingest documents first",
-            )
-
+        pipeline, index_version = self._pipeline(settings, embedder, collection)
         rows, contexts_by_row, stage_seconds = self._run_pipeline(pipeline, dataset, answers)
         frame = pd.DataFrame(rows)
 
@@ -293,43 +282,23 @@ class EvalRunner:
 
         metric_columns = [c for c in self.metric_columns(frame) if frame[c].notna().any()]
         slice_columns, skipped = self._slice_columns(frame)
-        n_resamples = self.settings.eval_bootstrap_resamples
         slices = slice_table(
             frame,
             metric_columns,
             slice_columns,
             self.settings.eval_min_slice_size,
-            n_resamples=n_resamples,
+            n_resamples=self.settings.eval_bootstrap_resamples,
             seed=self.settings.seed,
         )
         metrics = self._overall(slices, frame, metric_columns)
-        by_mode = {
-            mode: {
-                m: summarize(frame[f"{mode}.{m}"], n_resamples=n_resamples, seed=self.settings.seed)
-                for m in RETRIEVAL_METRICS
-                if f"{mode}.{m}" in frame
-            }
-            for mode in self.options.modes
-        }
-        by_mode = {mode: values for mode, values in by_mode.items() if any(v.n for v in values.values())}
+        by_mode = self._by_mode(frame)
         flagged = slices.loc[slices["flagged"]].to_dict(orient="records")
         total_s = time.perf_counter() - tick
-        n = max(len(frame), 1)
         cost = self._cost(frame, stage_seconds, judge_usage)
         result = EvalResult(
             run_name="",
             local_dir="",
-            dataset={
-                "name": dataset.name,
-                "kind": dataset.kind,
-                "path": dataset.path,
-                "sha256": dataset.sha256,
-                "samples": len(dataset.samples),
-                "total_samples": dataset.total_samples,
-                "limit": dataset.limit,
-                "split": dataset.split,
-                "min_slice_size": self.settings.eval_min_slice_size,
-            },
+            dataset=self._dataset_info(dataset),
             collection=collection,
             index_version=index_version,
             config_version=pipeline.config_version,
@@ -352,15 +321,7 @@ class EvalRunner:
             skipped_slice_columns=skipped,
             flagged_slices=flagged,
             ingestion=ingestion,
-            timings={
-                "ingest_s": round(ingest_s, 2),
-                "retrieval_s": round(stage_seconds.get("retrieval", 0.0), 2),
-                "answer_s": round(stage_seconds.get("answer", 0.0), 2),
-                "judge_s": round(judge_s, 2),
-                "total_s": round(total_s, 2),
-                "seconds_per_sample": round((total_s - ingest_s) / n, 3),
-                "judge_seconds_per_sample": round(judge_s / n, 3),
-            },
+            timings=_timings(ingest_s, stage_seconds, judge_s, total_s, max(len(frame), 1)),
             git_commit=commit,
             started_at=started_at.isoformat(timespec="seconds"),
             warnings=warnings,
@@ -368,13 +329,53 @@ class EvalRunner:
         result.run_name = self.run_name(result, started_at)
         return result, frame, slices
 
+    def _pipeline(self, settings: Settings, embedder: Embedder, collection: str) -> tuple[QueryPipeline, str]:
+        """The API's own construction, and the collection's index version (an empty collection is an error)."""
+        # An injected backend (tests share a loaded model) goes through the same factory QueryPipeline uses,
+        # with nothing else changed.
+        answerer = make_answerer(settings, backend=self._generator_backend) if self._generator_backend else None
+        pipeline = QueryPipeline(settings, embedder=embedder, answerer=answerer)
+        index_version = pipeline.retriever.index_version()
+        if index_version is None:
+            raise InvalidInputError(
+                f"collection {collection!r} is empty: nothing to evaluate",
+                hint="pass --corpus PATH (JSONL datasets) or ingest documents first",
+            )
+        return pipeline, index_version
+
+    def _by_mode(self, frame: pd.DataFrame) -> dict[str, dict[str, MetricSummary]]:
+        """Retrieval metrics with CIs per retrieval mode (modes without any value are left out)."""
+        n_resamples = self.settings.eval_bootstrap_resamples
+        by_mode: dict[str, dict[str, MetricSummary]] = {
+            mode: {
+                m: summarize(frame[f"{mode}.{m}"], n_resamples=n_resamples, seed=self.settings.seed)
+                for m in RETRIEVAL_METRICS
+                if f"{mode}.{m}" in frame
+            }
+            for mode in self.options.modes
+        }
+        return {mode: values for mode, values in by_mode.items() if any(v.n for v in values.values())}
+
+    def _dataset_info(self, dataset: Dataset) -> dict[str, Any]:
+        return {
+            "name": dataset.name,
+            "kind": dataset.kind,
+            "path": dataset.path,
+            "sha256": dataset.sha256,
+            "samples": len(dataset.samples),
+            "total_samples": dataset.total_samples,
+            "limit": dataset.limit,
+            "split": dataset.split,
+            "min_slice_size": self.settings.eval_min_slice_size,
+        }
+
     # ------------------------------------------------------------------ per-sample work
 
     def _run_pipeline(
         self, pipeline: QueryPipeline, dataset: Dataset, answers: bool
     ) -> tuple[list[dict[str, Any]], list[list[str]], dict[str, float]]:
         depth = self.settings.eval_retrieval_depth
-        primary: Mode = pipeline.settings.retrieval_mode
+        primary: RetrievalMode = pipeline.settings.retrieval_mode
         modes = list(dict.fromkeys([primary, *self.options.modes]))
         rows: list[dict[str, Any]] = []
         contexts_by_row: list[list[str]] = []
@@ -624,3 +625,18 @@ def dumps_cell(value: Any) -> Any:
     if isinstance(value, list | dict):
         return json.dumps(value, ensure_ascii=False)
     return value
+
+
+def _timings(
+    ingest_s: float, stage_seconds: dict[str, float], judge_s: float, total_s: float, n: int
+) -> dict[str, float]:
+    """Seconds per stage and per sample, rounded for the report."""
+    return {
+        "ingest_s": round(ingest_s, 2),
+        "retrieval_s": round(stage_seconds.get("retrieval", 0.0), 2),
+        "answer_s": round(stage_seconds.get("answer", 0.0), 2),
+        "judge_s": round(judge_s, 2),
+        "total_s": round(total_s, 2),
+        "seconds_per_sample": round((total_s - ingest_s) / n, 3),
+        "judge_seconds_per_sample": round(judge_s / n, 3),
+    }

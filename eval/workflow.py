@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from eval.gate import PRIMARY_METRICS, GateResult, compare_frames
+from eval.gate import PRIMARY_METRICS, GateResult, paired_metric_differences
 from eval.report import render_html
 from eval.runner import EvalOptions, EvalResult, EvalRunner
 from eval.tracking import (
@@ -138,7 +138,7 @@ def gate(
         warnings.append("the baseline run scored a different dataset file: only questions with equal ids count")
     current = pd.read_csv(run_dir / SAMPLES_CSV)
     previous = load_samples(settings, baseline_id)
-    comparisons, paired, more = compare_frames(
+    comparisons, paired, more = paired_metric_differences(
         current,
         previous,
         metrics=primary,

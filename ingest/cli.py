@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rag.cli import emit_json, handles_errors, load_settings
+from rag.console import emit_json, handles_errors, load_settings
 
 
 def register(app: typer.Typer) -> None:

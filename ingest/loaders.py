@@ -6,7 +6,6 @@ on. Files are hashed on their raw bytes before parsing, so unchanged files are n
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -16,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rag.errors import DocumentLoadError
-from rag.indexing.documents import Document, sha256_text
+from rag.hashing import sha256_bytes, sha256_text
+from rag.indexing.documents import SECTION_SEPARATOR, Document
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,73 @@ BLOCK_TAGS = [  # block boundaries that must become line breaks when markup is s
     *("dd", "tr", "td", "th", "table", "blockquote", "pre", "figcaption", "caption", "hr"),
 ]
 MAX_TITLE_CHARS = 300
+MAX_HEADING_CHARS = 200
+HEADING_MARK = re.compile("\ue000(\\d+)\ue001")  # private-use characters: cannot occur in extracted text
+MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
+MD_FENCE = re.compile(r"^(```|~~~)")
+Sections = tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What a format loader extracts: text, title and the heading structure (see ``Document.sections``)."""
+
+    text: str
+    title: str
+    sections: Sections = ()
+
+
+class HeadingPaths:
+    """Turns (level, heading) in document order into section paths: a heading closes those at its level or deeper."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[int, str]] = []
+
+    def push(self, level: int, heading: str) -> str:
+        heading = " ".join(heading.split())[:MAX_HEADING_CHARS]
+        while self.stack and self.stack[-1][0] >= level:
+            self.stack.pop()
+        self.stack.append((level, heading))
+        return SECTION_SEPARATOR.join(h for _, h in self.stack if h)
+
+
+def markdown_sections(text: str) -> Sections:
+    """ATX headings (``#`` .. ``######``) outside fenced code blocks, with their character offsets."""
+    paths = HeadingPaths()
+    sections: list[tuple[int, str]] = []
+    offset = 0
+    fenced = False
+    for line in text.split("\n"):
+        if MD_FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and (match := MD_HEADING.match(line)):
+            heading = re.sub(r"[*_`]", "", match.group(2)).strip()
+            if heading:
+                sections.append((offset, paths.push(len(match.group(1)), heading)))
+        offset += len(line) + 1
+    return tuple(sections)
+
+
+def strip_marks(marked: str) -> tuple[str, list[tuple[int, int]]]:
+    """Remove ``\ue000n\ue001`` markers; returns the text and (offset in that text, n) for each marker."""
+    parts: list[str] = []
+    marks: list[tuple[int, int]] = []
+    cursor = length = 0
+    for match in HEADING_MARK.finditer(marked):
+        parts.append(marked[cursor : match.start()])
+        length += match.start() - cursor
+        cursor = match.end()
+        marks.append((length, int(match.group(1))))
+    parts.append(marked[cursor:])
+    return "".join(parts), marks
+
+
+def strip_heading_marks(marked: str, headings: list[tuple[int, str]]) -> tuple[str, Sections]:
+    """Remove the markers put before heading ``n`` (level, text), recording each heading's path and offset."""
+    text, marks = strip_marks(marked)
+    paths = HeadingPaths()
+    sections = [(offset, paths.push(*headings[n])) for offset, n in marks if headings[n][1]]
+    return text, tuple(sections)
 
 
 def supported(path: Path) -> bool:
@@ -90,12 +157,12 @@ def first_line_title(text: str, fallback: str) -> str:
     return fallback
 
 
-def load_text(raw: bytes, path: Path) -> tuple[str, str]:
+def load_text(raw: bytes, path: Path) -> Parsed:
     text = normalise_whitespace(decode_text(raw, path))
-    return text, first_line_title(text, path.stem)
+    return Parsed(text, first_line_title(text, path.stem))
 
 
-def load_markdown(raw: bytes, path: Path) -> tuple[str, str]:
+def load_markdown(raw: bytes, path: Path) -> Parsed:
     text = decode_text(raw, path).replace("\r\n", "\n")
     if text.startswith("---\n"):  # YAML front matter is metadata, not content
         end = text.find("\n---", 4)
@@ -104,10 +171,10 @@ def load_markdown(raw: bytes, path: Path) -> tuple[str, str]:
     text = normalise_whitespace(text)
     heading = re.search(r"^#\s+(.+)$", text, flags=re.MULTILINE)
     title = heading.group(1).strip() if heading else first_line_title(text, path.stem)
-    return text, title[:MAX_TITLE_CHARS]
+    return Parsed(text, title[:MAX_TITLE_CHARS], markdown_sections(text))
 
 
-def load_html(raw: bytes, path: Path) -> tuple[str, str]:
+def load_html(raw: bytes, path: Path) -> Parsed:
     from bs4 import BeautifulSoup
 
     if b"\x00" in raw[:8192]:
@@ -125,11 +192,15 @@ def load_html(raw: bytes, path: Path) -> tuple[str, str]:
         tag.insert_after("\n")
     for tag in body.find_all("br"):
         tag.replace_with("\n")
-    text = normalise_whitespace(body.get_text())
-    return text, title[:MAX_TITLE_CHARS]
+    headings: list[tuple[int, str]] = []
+    for tag in body.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):  # a marker where each heading's text starts
+        tag.insert(0, f"\ue000{len(headings)}\ue001")
+        headings.append((int(tag.name[1]), HEADING_MARK.sub("", tag.get_text(" ", strip=True))))
+    text, sections = strip_heading_marks(normalise_whitespace(body.get_text()), headings)
+    return Parsed(text, title[:MAX_TITLE_CHARS], sections)
 
 
-def load_pdf(raw: bytes, path: Path) -> tuple[str, str]:
+def load_pdf(raw: bytes, path: Path) -> Parsed:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -139,15 +210,58 @@ def load_pdf(raw: bytes, path: Path) -> tuple[str, str]:
             raise DocumentLoadError(f"{path}: encrypted PDF", hint="decrypt it first (e.g. qpdf --decrypt)")
         pages = [page.extract_text() or "" for page in reader.pages]
         meta_title = (reader.metadata.title if reader.metadata else None) or ""
+        outline = pdf_outline(reader)
     except DocumentLoadError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         raise DocumentLoadError(f"{path}: corrupt or unreadable PDF ({type(exc).__name__}: {exc})") from exc
-    text = normalise_whitespace("\n\n".join(pages))
+    # Each non-empty page starts with a marker holding its number, so outline entries can find their page.
+    marked = "\n\n".join(f"\ue000{n}\ue001{page.strip()}" for n, page in enumerate(pages) if page.strip())
+    text, marks = strip_marks(normalise_whitespace(marked))
     if not text:
         raise DocumentLoadError(f"{path}: PDF has no extractable text", hint="scanned PDFs need OCR first")
     title = str(meta_title).strip() or first_line_title(text, path.stem)
-    return text, title[:MAX_TITLE_CHARS]
+    return Parsed(text, title[:MAX_TITLE_CHARS], outline_sections(text, outline, {n: o for o, n in marks}))
+
+
+def pdf_outline(reader: object) -> list[tuple[int, int, str]]:
+    """(level, page number, title) of each outline (bookmark) entry, in document order; [] without an outline."""
+    entries: list[tuple[int, int, str]] = []
+
+    def walk(items: list[object], level: int) -> None:
+        for item in items:
+            if isinstance(item, list):
+                walk(item, level + 1)
+                continue
+            try:
+                page = reader.get_destination_page_number(item)  # type: ignore[attr-defined]
+            except (KeyError, ValueError, TypeError, AttributeError):
+                continue
+            title = str(getattr(item, "title", "") or "").strip()
+            if title and page is not None and page >= 0:
+                entries.append((level, int(page), title))
+
+    walk(list(getattr(reader, "outline", []) or []), 1)
+    return entries
+
+
+def outline_sections(text: str, outline: list[tuple[int, int, str]], page_starts: dict[int, int]) -> Sections:
+    """Place each outline entry where its title appears on its page (else at the page's start)."""
+
+    def start_of(page: int) -> int:  # an empty page has no marker: its content starts with the next page
+        later = [offset for number, offset in page_starts.items() if number >= page]
+        return min(later) if later else len(text)
+
+    paths = HeadingPaths()
+    sections: list[tuple[int, str]] = []
+    floor = 0
+    for level, page, heading in outline:
+        start, end = max(floor, start_of(page)), start_of(page + 1)
+        found = text.find(" ".join(heading.split()), start, max(end, start))
+        offset = found if found >= 0 else start
+        sections.append((offset, paths.push(level, heading)))
+        floor = offset
+    return tuple(sections)
 
 
 FILE_LOADERS = {"txt": load_text, "md": load_markdown, "html": load_html, "pdf": load_pdf}
@@ -156,7 +270,8 @@ FILE_LOADERS = {"txt": load_text, "md": load_markdown, "html": load_html, "pdf":
 def load_file(source: SourceFile, max_bytes: int) -> Document:
     """Read and parse one file (not JSONL)."""
     raw = read_bytes(source.path, max_bytes)
-    text, title = FILE_LOADERS[source.format](raw, source.path)
+    parsed = FILE_LOADERS[source.format](raw, source.path)
+    text, title = parsed.text, parsed.title
     if not text.strip():
         raise DocumentLoadError(f"{source.path}: no text after extraction", hint="check the file's content")
     return Document(
@@ -165,8 +280,9 @@ def load_file(source: SourceFile, max_bytes: int) -> Document:
         title=title,
         source=str(source.path),
         source_root=str(source.root),
-        content_hash=hashlib.sha256(raw).hexdigest(),
+        content_hash=sha256_bytes(raw),
         format=source.format,
+        sections=parsed.sections,
     )
 
 
@@ -183,7 +299,7 @@ def read_bytes(path: Path, max_bytes: int) -> bytes:
 
 
 def hash_file(path: Path, max_bytes: int) -> str:
-    return hashlib.sha256(read_bytes(path, max_bytes)).hexdigest()
+    return sha256_bytes(read_bytes(path, max_bytes))
 
 
 @dataclass(frozen=True)

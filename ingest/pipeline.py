@@ -10,8 +10,6 @@ and nothing is embedded twice.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import logging
 import sys
 import time
@@ -24,6 +22,7 @@ from typing import Any
 from ingest.loaders import SourceFile, discover, hash_file, iter_jsonl, load_file
 from ingest.report import FailedDocument, IngestionSummary, build_report, write_report
 from rag.errors import DocumentLoadError, RagError, SourceNotFoundError
+from rag.hashing import sha256_json
 from rag.indexing.chunking import Chunker, ChunkerConfig
 from rag.indexing.documents import Chunk, Document
 from rag.indexing.embedding import Embedder
@@ -75,7 +74,7 @@ class RunPlan:
     def __init__(self, manifest: Manifest, embedding: dict[str, Any], chunker: dict[str, Any]) -> None:
         self.embedding = embedding
         self.chunker = chunker
-        self.chunker_hash = hashlib.sha256(json.dumps(chunker, sort_keys=True).encode()).hexdigest()[:16]
+        self.chunker_hash = sha256_json(chunker)[:16]
         weights = embedding["weights_sha256"]
         self.leftovers_reusable = (manifest.embedding or {}).get("weights_sha256") == weights
         self.referenced: set[str] = set()
@@ -148,6 +147,7 @@ class IngestionPipeline:
             chunk_size=settings.chunk_size,
             chunk_overlap=settings.chunk_overlap,
             embed_titles=settings.embed_titles,
+            embed_sections=settings.embed_sections,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,24 +181,7 @@ class IngestionPipeline:
         orphan_ids, stale_docs = self._reconcile(manifest)
         counters.docs_with_missing_chunks = len(stale_docs)
 
-        todo: list[Candidate] = []
-        for candidate in candidates:
-            record = manifest.documents.get(candidate.doc_id)
-            if (
-                record is not None
-                and record.content_hash == candidate.content_hash
-                and record.source_root == candidate.root
-                and plan.record_is_current(record)
-                and candidate.doc_id not in stale_docs
-            ):
-                counters.unchanged += 1
-            else:
-                todo.append(candidate)
-        if todo and any(not plan.record_is_current(r) for r in manifest.documents.values()):
-            log.warning(
-                "embedding model or chunker changed since the last run: those documents are re-embedded"
-            )
-
+        todo = self._changed(candidates, manifest, plan, stale_docs, counters)
         parsed: list[Document] = []
         chunker = self._process(todo, manifest, plan, counters, failed, parsed) if todo else None
 
@@ -216,8 +199,63 @@ class IngestionPipeline:
             manifest.save(self.settings.manifest_dir)
         self._sync_sparse_index(manifest)
 
+        summary = self._summary(sources, candidates, failed, ignored, counters, manifest, previous_version, started)
+        report = build_report(
+            summary,
+            manifest,
+            parsed,
+            chunker.stats if chunker else None,
+            (manifest.embedding or {}).get("max_tokens"),
+            self.settings.near_duplicate_threshold,
+        )
+        summary.report_path = str(write_report(report, self.settings.reports_dir))
+        summary.report = report
+        return summary
+
+    # --- steps
+
+    def _changed(
+        self,
+        candidates: list[Candidate],
+        manifest: Manifest,
+        plan: RunPlan,
+        stale_docs: set[str],
+        counters: RunCounters,
+    ) -> list[Candidate]:
+        """Documents to (re)process: new, edited, moved to another root, embedded by an older plan, or repaired."""
+        todo: list[Candidate] = []
+        for candidate in candidates:
+            record = manifest.documents.get(candidate.doc_id)
+            if (
+                record is not None
+                and record.content_hash == candidate.content_hash
+                and record.source_root == candidate.root
+                and plan.record_is_current(record)
+                and candidate.doc_id not in stale_docs
+            ):
+                counters.unchanged += 1
+            else:
+                todo.append(candidate)
+        if todo and any(not plan.record_is_current(r) for r in manifest.documents.values()):
+            log.warning(
+                "embedding model or chunker changed since the last run: those documents are re-embedded"
+            )
+        return todo
+
+    def _summary(
+        self,
+        sources: list[Path],
+        candidates: list[Candidate],
+        failed: list[FailedDocument],
+        ignored: list[str],
+        counters: RunCounters,
+        manifest: Manifest,
+        previous_version: str | None,
+        started: float,
+    ) -> IngestionSummary:
+        """The run's counts and speeds (the report is attached by the caller)."""
         seconds = time.perf_counter() - started
-        summary = IngestionSummary(
+        return IngestionSummary(
             collection=self.store.name,
             sources=[str(s) for s in sources],
             documents_seen=len(candidates) + len([f for f in failed if f.stage == "scan"]),
@@ -246,19 +284,6 @@ class IngestionPipeline:
             total_documents=len(manifest.documents),
             total_chunks=manifest.chunk_count,
         )
-        report = build_report(
-            summary,
-            manifest,
-            parsed,
-            chunker.stats if chunker else None,
-            (manifest.embedding or {}).get("max_tokens"),
-            self.settings.near_duplicate_threshold,
-        )
-        summary.report_path = str(write_report(report, self.settings.reports_dir))
-        summary.report = report
-        return summary
-
-    # --- steps
 
     def _scan(
         self, sources: list[Path], failed: list[FailedDocument], ignored: list[str]

@@ -1,6 +1,9 @@
-"""Core library: settings, embedding, vector store, manifest, retrieval and the shared ML modules.
+"""The product's library: foundation modules (``settings``, ``errors``, ``hashing``, ``runtime``, ``console``),
+``indexing`` (documents, chunking, embedding, store, manifest, BM25), ``answering`` (retrieval, generation, the
+query pipeline), ``ml`` (shared ML modules) and ``cli`` (the ``rag`` command).
 
-The core imports none of the job packages (``ingest``, ``api``, ``eval``); they import it.
+It imports none of the job packages (``ingest``, ``api``, ``eval``, ``bench``); they import it. The import rules
+are import-linter contracts in pyproject.toml (docs/ARCHITECTURE.md).
 """
 
 __version__ = "0.1.0"

@@ -4,21 +4,18 @@ entry-point group, so the core never imports a job package.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
 
 import typer
-from pydantic import ValidationError
 
-from rag.errors import RagError
-from rag.settings import Settings
+# The helpers live in the foundation module rag.console; re-exported for the job packages' commands.
+from rag.console import emit_json, fail, handles_errors, load_settings
+from rag.runtime import configure_runtime
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["app", "emit_json", "fail", "handles_errors", "load_settings"]
 
 app = typer.Typer(
     name="rag",
@@ -29,43 +26,9 @@ app = typer.Typer(
 )
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from env/config file with CLI overrides; invalid values become a clear one-line error."""
-    try:
-        return Settings().with_overrides(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
-        raise typer.BadParameter(f"invalid configuration: {problems}") from None
-
-
-def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def handles_errors(func: F) -> F:
-    """Turn the project's exceptions into a one-line message and exit status 2, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RagError as exc:
-            fail(f"{exc} [{exc.code}]")
-        except KeyboardInterrupt:
-            fail("interrupted; the store is consistent and the next run resumes", 130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def emit_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=str))
-
-
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details to stderr.")) -> None:
+    configure_runtime()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -110,8 +73,10 @@ def ask(
         emit_json(pipeline.run(question, top_k=top_k).response.model_dump())
         return
     response = None
+    streamed = ""
     for event in pipeline.stream(question, top_k=top_k):
         if isinstance(event, TokenEvent):
+            streamed += event.delta
             typer.echo(event.delta, nl=False)
         elif isinstance(event, ResultEvent):
             response = event.response
@@ -119,10 +84,18 @@ def ask(
         fail("the pipeline ended without a result")
         return
     if response.abstained:
-        typer.echo(f"\r{response.answer}  (abstained: {response.abstain_reason})")
-    typer.echo(f"\nconfidence {response.confidence:.2f} · index {response.versions.index}")
+        typer.echo(f"\n{response.answer}  (abstained: {response.abstain_reason})")
+    elif response.answer != streamed.strip():  # verification cut unsupported sentences or repaired a citation
+        typer.echo(f"\nverified answer: {response.answer}")
+    meaning = f" ({response.confidence_meaning})" if response.confidence_meaning else ""
+    typer.echo(f"\nconfidence {response.confidence:.2f}{meaning} · index {response.versions.index}")
     for citation in response.citations:
         typer.echo(f"  [{citation.index}] {citation.title} — {citation.source} (score {citation.score:.2f})")
+        if citation.quote is not None:  # the supporting span, highlighted within a little of its context
+            quote = citation.quote
+            before, after = citation.text[max(0, quote.start - 60) : quote.start], citation.text[quote.end :][:60]
+            shown = " ".join(f"…{before}".split()) + " " + typer.style(quote.text, bold=True, underline=True)
+            typer.echo(f"      {shown} {' '.join(after.split())}…")
 
 
 def _register_plugins() -> None:

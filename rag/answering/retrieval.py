@@ -25,14 +25,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rag.answering.rerank import Reranker, RerankOutcome, passage_text
 from rag.errors import IndexNotReadyError, InvalidInputError
 from rag.indexing.embedding import Embedder
 from rag.indexing.manifest import Manifest
 from rag.indexing.sparse import FILTERABLE_KEYS, SparseIndex
 from rag.indexing.store import StoredChunk, VectorStore
-from rag.settings import Settings
+from rag.settings import RetrievalMode, Settings
 
-Mode = Literal["dense", "bm25", "hybrid"]
 FILTER_OPERATORS = {"$eq", "$ne", "$in", "$nin"}
 QUERY_CACHE_SIZE = 1024
 
@@ -49,13 +49,14 @@ class RetrievedChunk:
     bm25_score: float | None = None
     dense_rank: int | None = None
     bm25_rank: int | None = None
+    rerank_score: float | None = None  # the cross-encoder's raw logit (higher = more relevant); None if not scored
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class RetrievalResult:
     chunks: list[RetrievedChunk]
-    mode: Mode
+    mode: RetrievalMode
     index_version: str | None
     query_embedding: np.ndarray
     seconds: float
@@ -63,6 +64,17 @@ class RetrievalResult:
     @property
     def top_dense(self) -> float | None:
         return max((c.dense_score for c in self.chunks), default=None)
+
+    @property
+    def top_rerank(self) -> float | None:
+        """The best cross-encoder logit among the returned chunks (a relevance signal for abstention)."""
+        return max((c.rerank_score for c in self.chunks if c.rerank_score is not None), default=None)
+
+    @property
+    def rerank_margin(self) -> float | None:
+        """Best minus second-best cross-encoder logit; None with fewer than two scored chunks."""
+        scores = sorted((c.rerank_score for c in self.chunks if c.rerank_score is not None), reverse=True)
+        return scores[0] - scores[1] if len(scores) >= 2 else None
 
 
 def _scalar_kind(value: Any) -> str | None:
@@ -151,10 +163,17 @@ def fuse(
 class Retriever:
     """Holds the encoder, the store and the BM25 index; safe to share between request threads."""
 
-    def __init__(self, settings: Settings, embedder: Embedder | None = None, store: VectorStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        store: VectorStore | None = None,
+        reranker: Reranker | None = None,
+    ) -> None:
         self.settings = settings
         self.embedder = embedder or Embedder(settings)
         self.store = store or VectorStore(settings)
+        self.reranker = reranker or Reranker(settings)  # checks the model files now: bad files fail at start-up
         self._sparse: SparseIndex | None = None
         self._sparse_ids: frozenset[str] = frozenset()
         self._sparse_lock = threading.Lock()
@@ -174,6 +193,7 @@ class Retriever:
             "dense_weight": s.dense_weight,
             "bm25_weight": s.bm25_weight,
             "collection": self.store.name,
+            "rerank": self.reranker.to_dict(),
         }
 
     def index_version(self) -> str | None:
@@ -232,7 +252,7 @@ class Retriever:
         self,
         question: str,
         k: int | None = None,
-        mode: Mode | None = None,
+        mode: RetrievalMode | None = None,
         filters: dict[str, Any] | None = None,
     ) -> RetrievalResult:
         started = time.perf_counter()
@@ -250,60 +270,84 @@ class Retriever:
         query = self.embed_query(question)
         pool = max(k, self.settings.candidate_k)
         dense: list[StoredChunk] = self.store.query(query, pool, where) if mode != "bm25" else []
-        sparse = []
+        sparse: list[Any] = []
         if index is not None:  # answer from one published snapshot (see the module docstring)
             version = index.version
             published = self.published_chunk_ids(index)
             dense = [c for c in dense if c.chunk_id in published]
             if mode != "dense":
                 sparse = index.search(question, pool, where)
-
-        dense_rank = {c.chunk_id: rank for rank, c in enumerate(dense, start=1)}
-        sparse_rank = {h.chunk_id: rank for rank, h in enumerate(sparse, start=1)}
-        sparse_score = {h.chunk_id: h.score for h in sparse}
-        fused: dict[str, float] = {}
-        if mode == "dense":
-            fused = {c.chunk_id: c.score for c in dense}
-        elif mode == "bm25":
-            fused = dict(sparse_score)
-        else:
-            fused = fuse(
-                [(c.chunk_id, c.score) for c in dense],
-                [(h.chunk_id, h.score) for h in sparse],
-                method=self.settings.fusion,
-                rrf_k=self.settings.rrf_k,
-                dense_weight=self.settings.dense_weight,
-                bm25_weight=self.settings.bm25_weight,
-            )
-        top_ids = sorted(fused, key=lambda cid: (-fused[cid], cid))[:k]
-
-        known = {c.chunk_id: c for c in dense}
-        missing = [cid for cid in top_ids if cid not in known]
-        for chunk in self.store.get_chunks(missing):
-            known[chunk.chunk_id] = chunk
-        if missing:  # BM25-only hits: compute their cosine from the stored vectors
-            vectors = self.store.embeddings_for(missing)
-            for cid, vector in vectors.items():
-                if cid in known:
-                    known[cid].score = float(np.dot(vector, query))
+        fused = self._fuse(mode, dense, sparse)
+        head = max(k, self.settings.rerank_candidates) if self.settings.rerank else k
+        ranked_ids = sorted(fused, key=lambda cid: (-fused[cid], cid))[:head]
+        known = self._chunks_for(ranked_ids, dense, query)
+        ranked = [
+            (cid, passage_text(str(known[cid].metadata.get("title", "")), known[cid].text), fused[cid])
+            for cid in ranked_ids
+            if cid in known
+        ]
+        outcome = self.reranker.rerank(question, ranked, k) if ranked else RerankOutcome({}, [], {})
         chunks = [
-            RetrievedChunk(
-                chunk_id=cid,
-                doc_id=str(known[cid].metadata.get("doc_id", "")),
-                source=str(known[cid].metadata.get("source", "")),
-                title=str(known[cid].metadata.get("title", "")),
-                text=known[cid].text,
-                score=round(float(fused[cid]), 6),
-                dense_score=round(float(known[cid].score), 6),
-                bm25_score=sparse_score.get(cid),
-                dense_rank=dense_rank.get(cid),
-                bm25_rank=sparse_rank.get(cid),
-                metadata=known[cid].metadata,
-            )
-            for cid in top_ids
-            if cid in known  # a chunk deleted between the two lookups is dropped, never invented
+            self._result_chunk(known[cid], outcome.blended[cid], outcome.scores.get(cid), dense, sparse)
+            for cid in outcome.order[:k]
         ]
         return RetrievalResult(chunks, mode, version, query, time.perf_counter() - started)
+
+    def _fuse(self, mode: RetrievalMode, dense: Sequence[StoredChunk], sparse: Sequence[Any]) -> dict[str, float]:
+        """One score per candidate chunk id: the cosine, the BM25 score, or the hybrid fusion of both."""
+        if mode == "dense":
+            return {c.chunk_id: c.score for c in dense}
+        if mode == "bm25":
+            return {h.chunk_id: h.score for h in sparse}
+        return fuse(
+            [(c.chunk_id, c.score) for c in dense],
+            [(h.chunk_id, h.score) for h in sparse],
+            method=self.settings.fusion,
+            rrf_k=self.settings.rrf_k,
+            dense_weight=self.settings.dense_weight,
+            bm25_weight=self.settings.bm25_weight,
+        )
+
+    def _chunks_for(
+        self, chunk_ids: Sequence[str], dense: Sequence[StoredChunk], query: np.ndarray
+    ) -> dict[str, StoredChunk]:
+        """Stored chunks for the ranked ids; BM25-only hits are fetched and get their cosine from stored vectors.
+
+        A chunk deleted between the two lookups is missing from the result: dropped, never invented.
+        """
+        known = {c.chunk_id: c for c in dense}
+        missing = [cid for cid in chunk_ids if cid not in known]
+        for chunk in self.store.get_chunks(missing):
+            known[chunk.chunk_id] = chunk
+        if missing:
+            for cid, vector in self.store.embeddings_for(missing).items():
+                if cid in known:
+                    known[cid].score = float(np.dot(vector, query))
+        return known
+
+    @staticmethod
+    def _result_chunk(
+        chunk: StoredChunk,
+        score: float,
+        rerank_score: float | None,
+        dense: Sequence[StoredChunk],
+        sparse: Sequence[Any],
+    ) -> RetrievedChunk:
+        cid = chunk.chunk_id
+        return RetrievedChunk(
+            chunk_id=cid,
+            doc_id=str(chunk.metadata.get("doc_id", "")),
+            source=str(chunk.metadata.get("source", "")),
+            title=str(chunk.metadata.get("title", "")),
+            text=chunk.text,
+            score=round(float(score), 6),
+            dense_score=round(float(chunk.score), 6),
+            bm25_score=next((h.score for h in sparse if h.chunk_id == cid), None),
+            dense_rank=next((rank for rank, c in enumerate(dense, start=1) if c.chunk_id == cid), None),
+            bm25_rank=next((rank for rank, h in enumerate(sparse, start=1) if h.chunk_id == cid), None),
+            rerank_score=None if rerank_score is None else round(float(rerank_score), 6),
+            metadata=chunk.metadata,
+        )
 
 
 def _load_snapshot(directory: Path, attempts: int = 20) -> SparseIndex | None:

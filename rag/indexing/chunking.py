@@ -1,7 +1,9 @@
 """Character-based recursive chunking along natural boundaries, with a token guard.
 
 Chunks are sized in characters (easy to reason about and tune), then any chunk whose encoder input would exceed
-the model's token limit is split again by tokens, so nothing is silently truncated.
+the model's token limit is split again by tokens, so nothing is silently truncated. Each chunk carries the heading
+path of the section it sits in ("Honeybees › The waggle dance"), which is prefixed to the text the encoder and
+BM25 see: a passage about "food" is then found by a question about "the waggle dance" its heading names.
 """
 
 from __future__ import annotations
@@ -12,10 +14,21 @@ from typing import Any
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from rag.indexing.documents import Chunk, Document, make_chunk_id, sha256_text
+from rag.hashing import sha256_text
+from rag.indexing.documents import SECTION_SEPARATOR, Chunk, Document, make_chunk_id
 
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
 TITLE_PREFIX_CHARS = 200
+SECTION_PREFIX_CHARS = 300
+
+
+def heading_prefix(title: str, section: str) -> str:
+    """The title and section path as one line when the path starts with the title, else as two lines."""
+    title = title[:TITLE_PREFIX_CHARS]
+    section = section[:SECTION_PREFIX_CHARS]
+    if section and title and (section == title or section.startswith(title + SECTION_SEPARATOR)):
+        return section
+    return "\n".join(part for part in (title, section) if part)
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,7 @@ class ChunkerConfig:
     chunk_size: int
     chunk_overlap: int
     embed_titles: bool = True
+    embed_sections: bool = True
     splitter: str = "RecursiveCharacterTextSplitter"
     separators: tuple[str, ...] = tuple(SEPARATORS)
 
@@ -32,6 +46,8 @@ class ChunkerConfig:
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "embed_titles": self.embed_titles,
+            # a changed value changes the config hash, hence the index version: existing indexes re-embed
+            "embed_sections": "title › heading path" if self.embed_sections else False,
             "separators": list(self.separators),
         }
 
@@ -63,19 +79,25 @@ class Chunker:
         )
         self.stats = ChunkingStats()
 
-    def embed_text(self, document: Document, text: str) -> str:
-        if self.config.embed_titles and document.title:
-            return f"{document.title[:TITLE_PREFIX_CHARS]}\n{text}"
-        return text
+    def embed_text(self, document: Document, text: str, section: str = "") -> str:
+        title = document.title if self.config.embed_titles else ""
+        prefix = heading_prefix(title, section if self.config.embed_sections else "")
+        return f"{prefix}\n{text}" if prefix else text
+
+    def section(self, document: Document, start: int, text: str) -> str:
+        return document.section_of(start, start + len(text)) if self.config.embed_sections else ""
 
     def split(self, document: Document) -> list[Chunk]:
         pieces = self._spans(document.text, self._splitter.split_text(document.text), 0)
         pieces = self._enforce_token_limit(document, pieces)
-        embed_texts = [self.embed_text(document, text) for _, text in pieces]
+        sections = [self.section(document, start, text) for start, text in pieces]
+        embed_texts = [
+            self.embed_text(document, text, section) for (_, text), section in zip(pieces, sections, strict=True)
+        ]
         token_counts = self.count_tokens(embed_texts)
         chunks: list[Chunk] = []
-        for index, ((start, text), embed_text, n_tokens) in enumerate(
-            zip(pieces, embed_texts, token_counts, strict=True)
+        for index, ((start, text), embed_text, n_tokens, section) in enumerate(
+            zip(pieces, embed_texts, token_counts, sections, strict=True)
         ):
             if n_tokens > self.max_tokens:
                 self.stats.over_token_limit += 1
@@ -91,6 +113,7 @@ class Chunker:
                     char_end=start + len(text),
                     chunk_hash=chunk_hash,
                     n_tokens=n_tokens,
+                    section=section,
                 )
             )
         return chunks
@@ -113,25 +136,28 @@ class Chunker:
     def _enforce_token_limit(
         self, document: Document, pieces: list[tuple[int, str]]
     ) -> list[tuple[int, str]]:
-        counts = self.count_tokens([self.embed_text(document, text) for _, text in pieces])
+        sections = [self.section(document, start, text) for start, text in pieces]
+        counts = self.count_tokens(
+            [self.embed_text(document, text, section) for (_, text), section in zip(pieces, sections, strict=True)]
+        )
         if all(count <= self.max_tokens for count in counts):
             return pieces
-        title_tokens = (
-            self.count_tokens([self.embed_text(document, "")])[0] if self.config.embed_titles else 2
-        )
-        budget = max(16, self.max_tokens - title_tokens - 2)
-        token_splitter = RecursiveCharacterTextSplitter(
-            chunk_size=budget,
-            chunk_overlap=min(budget // 8, 32),
-            separators=list(self.config.separators),
-            keep_separator="end",
-            length_function=lambda s: self.count_tokens([s])[0] - 2,
-        )
         result: list[tuple[int, str]] = []
-        for (start, text), count in zip(pieces, counts, strict=True):
+        for (start, text), count, section in zip(pieces, counts, sections, strict=True):
             if count <= self.max_tokens:
                 result.append((start, text))
                 continue
             self.stats.resplit_for_token_limit += 1
+            # budget for the longest prefix a sub-piece can get: this piece's section (sub-pieces stay inside it
+            # unless it straddles a heading, whose path is then counted by the final over-limit check)
+            prefix_tokens = self.count_tokens([self.embed_text(document, "", section)])[0]
+            budget = max(16, self.max_tokens - prefix_tokens - 2)
+            token_splitter = RecursiveCharacterTextSplitter(
+                chunk_size=budget,
+                chunk_overlap=min(budget // 8, 32),
+                separators=list(self.config.separators),
+                keep_separator="end",
+                length_function=lambda s: self.count_tokens([s])[0] - 2,
+            )
             result.extend(self._spans(text, token_splitter.split_text(text), start))
         return result

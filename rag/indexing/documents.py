@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
+import bisect
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from rag.hashing import sha256_text
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+SECTION_SEPARATOR = " › "
 
 
 @dataclass(frozen=True)
 class Document:
-    """A loaded document. ``content_hash`` is taken over the raw source bytes (files) or record (JSONL)."""
+    """A loaded document. ``content_hash`` is taken over the raw source bytes (files) or record (JSONL).
+
+    ``sections`` is the heading structure: ``(char_offset, path)`` pairs in offset order, each path (headings
+    joined by " › ") holding from its offset to the next pair's; empty for text without headings.
+    """
 
     doc_id: str
     text: str
@@ -23,6 +28,23 @@ class Document:
     content_hash: str
     format: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    sections: tuple[tuple[int, str], ...] = ()
+
+    def section_at(self, offset: int) -> str:
+        """The heading path in force at ``offset`` ("" before the first heading)."""
+        index = bisect.bisect_right([start for start, _ in self.sections], offset) - 1
+        return self.sections[index][1] if index >= 0 else ""
+
+    def section_of(self, start: int, end: int) -> str:
+        """The heading path covering most of ``text[start:end]`` (a chunk can straddle a heading)."""
+        if not self.sections:
+            return ""
+        covered: dict[str, int] = {}
+        bounds = [start] + [s for s, _ in self.sections if start < s < end] + [end]
+        for left, right in itertools.pairwise(bounds):
+            path = self.section_at(left)
+            covered[path] = covered.get(path, 0) + right - left
+        return max(covered.items(), key=lambda item: (item[1], item[0] != ""))[0]
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,7 @@ class Chunk:
     char_end: int
     chunk_hash: str
     n_tokens: int
+    section: str = ""
 
     def metadata(self, document: Document) -> dict[str, Any]:
         return {
@@ -51,9 +74,10 @@ class Chunk:
             "content_hash": self.chunk_hash,
             "doc_hash": document.content_hash,
             "n_tokens": self.n_tokens,
+            "section": self.section,
         }
 
 
 def make_chunk_id(doc_id: str, index: int, chunk_hash: str) -> str:
     """Deterministic: same document, position and content give the same id, so re-runs never duplicate."""
-    return hashlib.sha256(f"{doc_id}\x1f{index}\x1f{chunk_hash}".encode()).hexdigest()[:32]
+    return sha256_text(f"{doc_id}\x1f{index}\x1f{chunk_hash}")[:32]

@@ -1,9 +1,13 @@
-"""Sentence-transformers encoder, loaded from a local directory only (the bundled all-MiniLM-L6-v2).
+"""Text encoders, loaded from local files only: the bundled bge-small-en-v1.5 (int8 ONNX, the default), the bundled
+all-MiniLM-L6-v2 (sentence-transformers) or a model directory (``RAG_EMBEDDING_MODEL_PATH``).
 
-Two backends (``RAG_EMBEDDING_BACKEND``): ``torch`` runs the model with sentence-transformers; ``onnx-int8`` exports
-the same local weights once to ONNX, quantizes them to int8 and runs them with ONNX Runtime (about 2x faster on
-this CPU, cosine to the fp32 vectors >= 0.99; docs/PERFORMANCE.md). The vectors' identity (``weights_sha256``)
-names the backend, so switching re-embeds on the next ingest instead of mixing vector spaces.
+A directory holding ``ragkit-embedder.json`` describes an ONNX encoder (model and tokenizer files, pooling, query
+prefix, token limit, sha256 of every file); it runs with ONNX Runtime and ``tokenizers`` alone. The bundled bge-small
+gets the same description built in code (``rag.indexing.bundled``), so a tuned embedder plugs in the same way.
+A sentence-transformers directory runs with one of two backends (``RAG_EMBEDDING_BACKEND``): ``torch``, or
+``onnx-int8``, which exports the same local weights once to ONNX and quantizes them to int8 (docs/PERFORMANCE.md).
+The vectors' identity (``weights_sha256``: weights plus recipe) is part of the index version, so changing the
+embedder re-embeds on the next ingest instead of mixing vector spaces.
 """
 
 from __future__ import annotations
@@ -21,14 +25,19 @@ from typing import Any
 import numpy as np
 
 from rag.errors import ModelError
+from rag.hashing import sha256_json
+from rag.indexing.bundled import (
+    BGE_SMALL_DESCRIPTION,
+    BGE_SMALL_DIR,
+    DESCRIPTION_FILE,
+    bundled_dir,
+    load_tokenizer,
+    onnx_session,
+    verify_files,
+)
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# OpenMP worker threads that spin while they wait collapse when other processes keep the cores busy: with the
-# default (active) policy, encoding one question with torch took 1.1-1.9 s instead of 0.05-0.1 s on the shared
-# 2-core machine (docs/PERFORMANCE.md). It must be set before torch loads its OpenMP runtime, hence here, at import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
 
@@ -96,7 +105,7 @@ def export_onnx_int8(model_dir: Path, out_dir: Path) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     module = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-    transformer = module[0].auto_model.eval()
+    transformer = module[0].auto_model.eval()  # type: ignore[union-attr]  # a transformers model, typed as Tensor|Module
 
     class LastHidden(torch.nn.Module):  # keyword arguments: BERT's positional order differs across versions
         def __init__(self, inner: Any) -> None:
@@ -205,26 +214,125 @@ class OnnxEncoder:
         return result
 
 
+DESCRIBED_RECIPE = "one text per session call, unpadded; pooled, then L2-normalised when normalize"
+
+
+def load_description(model_dir: Path) -> dict[str, Any]:
+    """Read and validate ``ragkit-embedder.json``; a bad description is a ``ModelError`` naming the file."""
+    path = model_dir / DESCRIPTION_FILE
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the embedder description {path}: {exc}") from exc
+    return validate_description(description, path)
+
+
+def validate_description(description: Any, path: Path | str) -> dict[str, Any]:
+    problems = []
+    if not isinstance(description, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    if description.get("format") != "onnx":
+        problems.append('format must be "onnx"')
+    if description.get("pooling") not in ("cls", "mean"):
+        problems.append('pooling must be "cls" or "mean"')
+    for key in ("name", "model_file", "tokenizer_file"):
+        if not isinstance(description.get(key), str) or not description.get(key):
+            problems.append(f"{key} must be a non-empty string")
+    if not isinstance(description.get("query_prefix", ""), str):
+        problems.append("query_prefix must be a string")
+    if not isinstance(description.get("max_tokens"), int) or not 8 <= description["max_tokens"] <= 8192:
+        problems.append("max_tokens must be an integer in [8, 8192]")
+    hashes = description.get("sha256")
+    if not isinstance(hashes, dict) or not {description.get("model_file"), description.get("tokenizer_file")} <= set(
+        hashes
+    ):
+        problems.append("sha256 must map model_file and tokenizer_file (at least) to their sha256")
+    if problems:
+        raise ModelError(f"invalid embedder description {path}: {'; '.join(problems)}")
+    return {"query_prefix": "", "normalize": True, **description}
+
+
+class DescribedOnnxEncoder:
+    """An ONNX encoder described by ``ragkit-embedder.json``; offers what ``Embedder`` uses of SentenceTransformer.
+
+    One text per session call, never padded, as ``OnnxEncoder``: with dynamically quantized int8 models a batch
+    shares one activation scale, so batching would make a vector depend on its batch-mates; unbatched also
+    measured faster here (bge-small: 9.4 texts/s single vs 5.8 in batches of 8, 1 thread).
+    """
+
+    def __init__(self, model_dir: Path, description: dict[str, Any], threads: int = 0) -> None:
+        self.description = description
+        self.session = onnx_session(model_dir / description["model_file"], threads)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = load_tokenizer(model_dir / description["tokenizer_file"])
+        self.tokenizer.enable_truncation(int(description["max_tokens"]))
+        self.max_seq_length = int(description["max_tokens"])
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.session.get_outputs()[0].shape[-1])
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize_embeddings: bool = True,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
+        result = np.zeros((len(texts), self.get_embedding_dimension()), dtype=np.float32)
+        cls = self.description["pooling"] == "cls"
+        step = max(batch_size, 256)
+        for start in range(0, len(texts), step):
+            for offset, encoded in enumerate(self.tokenizer.encode_batch(list(texts[start : start + step]))):
+                feeds = {
+                    "input_ids": np.asarray([encoded.ids], dtype=np.int64),
+                    "attention_mask": np.ones((1, len(encoded.ids)), dtype=np.int64),
+                    "token_type_ids": np.asarray([encoded.type_ids], dtype=np.int64),
+                }
+                hidden = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+                result[start + offset] = hidden[0, 0] if cls else hidden[0].mean(axis=0)
+        if normalize_embeddings and self.description.get("normalize", True):
+            result /= np.clip(np.linalg.norm(result, axis=1, keepdims=True), 1e-12, None)
+        return result
+
+
 class Embedder:
-    """Encodes text into L2-normalised vectors; counts tokens so chunking can avoid silent truncation."""
+    """Encodes text into L2-normalised vectors; counts tokens so chunking can avoid silent truncation.
+
+    Model files are checked (sha256 for described ONNX models) at construction, so bad files fail at start-up;
+    the model itself loads on first use.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        self.model_dir = Path(settings.embedding_model_path or bundled_model_path())
         self.batch_size = settings.embedding_batch_size
-        self.backend = settings.embedding_backend
         self.threads = settings.torch_threads
         self._models_dir = settings.models_dir
         self._weights_cache = settings.models_dir / "embedding-weights.json"
-        if settings.torch_threads:
+        self.description: dict[str, Any] | None = None
+        if settings.embedding_model_path is not None:
+            self.model_dir = Path(settings.embedding_model_path)
+            if (self.model_dir / DESCRIPTION_FILE).is_file():
+                self.description = load_description(self.model_dir)
+        elif settings.embedding_model == "bge-small-en-v1.5":
+            self.model_dir = bundled_dir(BGE_SMALL_DIR)
+            self.description = dict(BGE_SMALL_DESCRIPTION)
+        else:
+            self.model_dir = bundled_model_path()
+        self.backend = "onnx" if self.description is not None else settings.embedding_backend
+        if not self.model_dir.is_dir():
+            raise ModelError(f"embedding model directory {self.model_dir} does not exist")
+        if self.description is not None:
+            verify_files(self.model_dir, self.description["sha256"], settings.models_dir / "verified-files.json")
+        elif settings.torch_threads:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        if not self.model_dir.is_dir():
-            raise ModelError(f"embedding model directory {self.model_dir} does not exist")
 
     @cached_property
     def model(self) -> Any:
-        """The encoder: a SentenceTransformer (torch) or an ``OnnxEncoder`` (onnx-int8) with the same interface."""
+        """The encoder: a SentenceTransformer (torch), an ``OnnxEncoder`` (onnx-int8) or a ``DescribedOnnxEncoder``."""
+        if self.description is not None:
+            return DescribedOnnxEncoder(self.model_dir, self.description, self.threads)
         import transformers
 
         # Token counting runs on over-long text on purpose (to find chunks to split): silence that warning
@@ -246,6 +354,13 @@ class Embedder:
                 f"cannot load the {self.backend} embedding model from {self.model_dir}: {exc}"
             ) from exc
 
+    @cached_property
+    def _counting_tokenizer(self) -> Any:
+        """A tokenizer without truncation, loaded without the model (an unchanged re-ingest never loads it)."""
+        if self.description is None:
+            return None
+        return load_tokenizer(self.model_dir / self.description["tokenizer_file"])
+
     @property
     def onnx_dir(self) -> Path:
         """Cache of the int8 export, keyed by the source weights and the recipe."""
@@ -255,8 +370,10 @@ class Embedder:
     def max_tokens(self) -> int:
         """Tokens the encoder sees, including [CLS] and [SEP]; anything longer is truncated.
 
-        Read from the model's config so that an unchanged re-ingest never has to load the model.
+        Read from the description or the model's config so that an unchanged re-ingest never loads the model.
         """
+        if self.description is not None:
+            return int(self.description["max_tokens"])
         try:
             return int(
                 json.loads((self.model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
@@ -264,8 +381,15 @@ class Embedder:
         except (OSError, ValueError, KeyError):
             return int(self.model.max_seq_length)
 
+    @property
+    def query_prefix(self) -> str:
+        """Prepended to questions only (bge's retrieval instruction); passages are embedded as they are."""
+        return str(self.description.get("query_prefix", "")) if self.description is not None else ""
+
     @cached_property
     def name(self) -> str:
+        if self.description is not None:
+            return str(self.description["name"])
         card = self.model_dir / "README.md"
         if card.exists() and "all-MiniLM-L6-v2" in card.read_text(encoding="utf-8", errors="ignore")[:4000]:
             base = "sentence-transformers/all-MiniLM-L6-v2"
@@ -275,15 +399,22 @@ class Embedder:
 
     @cached_property
     def weights_sha256(self) -> str:
-        """Identity of the vectors: the source weights, plus the export recipe for the int8 backend."""
+        """Identity of the vectors: the source weights, plus the recipe (export, pooling, prefix, token limit)."""
         if self.backend == "torch":
             return self.source_weights_sha256
-        payload = json.dumps({"source": self.source_weights_sha256, "onnx-int8": onnx_int8_recipe()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        if self.description is not None:
+            recipe = {key: self.description.get(key) for key in ("pooling", "query_prefix", "max_tokens", "normalize")}
+            return sha256_json({"files": self.description["sha256"], "recipe": recipe, "inference": DESCRIBED_RECIPE})
+        return sha256_json({"source": self.source_weights_sha256, "onnx-int8": onnx_int8_recipe()})
 
     @cached_property
     def source_weights_sha256(self) -> str:
-        """Hashing 90 MB takes ~0.3 s; cache it by (path, size, mtime) of the weight files."""
+        """Hashing 90 MB takes ~0.3 s; cache it by (path, size, mtime) of the weight files.
+
+        Described models pin their files' sha256 (checked at construction): the pinned hashes are the identity.
+        """
+        if self.description is not None:
+            return sha256_json(self.description["sha256"])
         stamp = [
             [str(p), p.stat().st_size, p.stat().st_mtime_ns]
             for p in sorted(self.model_dir.rglob("*"))
@@ -308,21 +439,27 @@ class Embedder:
         return int(self.model.get_embedding_dimension())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "weights_sha256": self.weights_sha256,
             "max_tokens": self.max_tokens,
             "backend": self.backend,
         }
+        if self.description is not None:
+            data.update(pooling=self.description["pooling"], query_prefix=self.query_prefix)
+        return data
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts including the two special tokens, without truncation."""
         if not texts:
             return []
+        if self._counting_tokenizer is not None:
+            return [len(e.ids) for e in self._counting_tokenizer.encode_batch(list(texts))]
         encoded = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
     def embed(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        """Passage vectors (no query prefix); use ``embed_query`` for questions."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self.model.encode(
@@ -335,4 +472,5 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
+        """A question's vector: with the model's query prefix (bge: its retrieval instruction)."""
+        return self.embed([self.query_prefix + text])[0]

@@ -7,7 +7,6 @@ cleared after the last, so a run killed in between is detected and reconciled by
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from rag.errors import ConfigError
+from rag.hashing import sha256_json
 
 SCHEMA_VERSION = 1
 
@@ -113,15 +113,12 @@ class Manifest(BaseModel):
         return digest.hexdigest()
 
     def compute_index_version(self) -> str:
-        payload = json.dumps(
-            {
-                "corpus_hash": self.corpus_hash,
-                "chunker": self.chunker,
-                "embedding": {k: (self.embedding or {}).get(k) for k in ("name", "weights_sha256")},
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        payload = {
+            "corpus_hash": self.corpus_hash,
+            "chunker": self.chunker,
+            "embedding": {k: (self.embedding or {}).get(k) for k in ("name", "weights_sha256")},
+        }
+        return sha256_json(payload)[:16]
 
     def seal(self) -> bool:
         """Recompute corpus hash and index version; record a history entry if the version changed."""

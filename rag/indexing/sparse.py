@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rag.indexing.chunking import heading_prefix
 from rag.indexing.store import StoredChunk
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,11 @@ class SparseIndex:
 
     @staticmethod
     def index_text(chunk: StoredChunk, with_title: bool) -> str:
-        title = str(chunk.metadata.get("title") or "")
-        return f"{title}\n{chunk.text}" if with_title and title else chunk.text
+        if not with_title:
+            return chunk.text
+        # the same title and heading-path prefix the encoder sees (rag.indexing.chunking.heading_prefix)
+        prefix = heading_prefix(str(chunk.metadata.get("title") or ""), str(chunk.metadata.get("section") or ""))
+        return f"{prefix}\n{chunk.text}" if prefix else chunk.text
 
     @classmethod
     def build(

@@ -109,7 +109,7 @@ class VectorStore:
     def upsert(
         self,
         ids: Sequence[str],
-        embeddings: np.ndarray,
+        embeddings: np.ndarray | Sequence[np.ndarray],
         texts: Sequence[str],
         metadatas: Sequence[dict[str, Any]],
     ) -> None:
@@ -164,7 +164,7 @@ class VectorStore:
         offset = 0
         while True:
             page = self._call(
-                lambda o=offset: self.collection.get(include=include, limit=PAGE, offset=o)  # type: ignore[arg-type]
+                lambda o=offset: self.collection.get(include=include, limit=PAGE, offset=o)
             )
             if not page["ids"]:
                 return

@@ -72,38 +72,77 @@ def render_model_card(
     """Markdown model card for one training run."""
     from rag.ml.slices import format_slice_table
 
-    doc_path, doc_text = _data_documentation(config.data)
     test_auc = result.metrics["test"]["roc_auc"]
-    balance = ", ".join(f"{k}: {v}" for k, v in (analysis.target.counts if analysis.target else {}).items())
-    sensitive_in_features = [c for c in config.sensitive or [] if c in schema.names]
-    calibration = "\n".join(
-        f"| [{b.low:.3f}, {b.high:.3f}] | {b.count} | {b.observed_rate:.3f} | [{b.ci_low:.3f}, {b.ci_high:.3f}] |"
-        for b in serving.calibration
-    )
-    drift_lines = "\n".join(
-        f"- `{s.name}` ({', '.join(s.kinds)}): drift when {s.direction.replace('_', ' ')} {s.threshold:g}"
-        + (" (Bonferroni-corrected across features)" if s.uses_p_value else "")
-        for s in REGISTRY.values()
-    )
     warnings = "\n".join(f"- {w}" for w in result.warnings) or "- none"
     flagged = "\n".join(f"- {f}" for f in result.flagged_slices) or "- none"
+    overview = _card_overview(result, config, analysis, serving, versions, commit)
+    return overview + f"""## Evaluation (95 % percentile-bootstrap CIs, {config.n_resamples} resamples)
+Headline: test ROC-AUC {test_auc.value:.4f} [{test_auc.ci_low:.4f}, {test_auc.ci_high:.4f}].
+
+{_metric_lines(result.metrics)}
+
+Validation = out-of-fold predictions on train+validation for the chosen configuration (slightly
+optimistic: the same folds chose it). Test = the held-out set, scored once.
+
+### Calibration (held-out test set; used for the serving interval)
+| predicted probability | rows | observed positive rate | Wilson 95 % CI |
+|---|---|---|---|
+{_calibration_rows(serving)}
+
+See `reliability.png` and `roc.png` in the run's artifacts.
+
+## Slices
+Test set; slices under {config.min_slice_size} rows are not evaluated; a slice is flagged when it is more than
+{config.max_slice_gap} below overall and its CI excludes the overall value; `gap` > 0 means worse than overall.
+
+{format_slice_table(slices) if len(slices) else "No sensitive columns declared (`--sensitive`)."}
+
+Flagged slices:
+{flagged}
+
+{_sensitive_note(config, schema)}
+
+## Input schema (requests outside it are rejected)
+{_schema_lines(schema)}
+
+## Warnings from training
+{warnings}
+
+## Limitations
+- {result.data["test_rows"]} test rows: the CIs above are the honest precision of these estimates; slices
+  under {config.min_slice_size} rows are not evaluated at all.
+- Trained on one snapshot of data; performance on later or different populations is unknown until measured.
+- Probabilities are only as calibrated as the reliability diagram shows; read the interval, not the point.
+- Numeric inputs are accepted only within the training range (+/- {schema.range_margin:.0%} of its width).
+
+## Monitoring and drift thresholds
+Compare new inputs with the training reference (`drift_reference.csv` in this run) using
+`rag drift --reference drift_reference.csv --current <new rows>.csv --exclude {config.target}`:
+{_drift_lines()}
+
+Escalation and what each alert means: `docs/MONITORING.md`.
+
+## Reproduce
+With a file of the same sha256 this gives identical metrics:
+
+```bash
+{_reproduce_command(config)}
+```
+"""
+
+
+def _card_overview(
+    result: TrainingResult,
+    config: TrainingConfig,
+    analysis: DatasetAnalysis,
+    serving: ServingInfo,
+    versions: dict[str, str],
+    commit: str | None,
+) -> str:
+    """The model card up to its evaluation: model details, intended use, training data."""
+    doc_path, doc_text = _data_documentation(config.data)
+    balance = ", ".join(f"{k}: {v}" for k, v in (analysis.target.counts if analysis.target else {}).items())
     params = ", ".join(f"`{k}={v}`" for k, v in result.best_params.items())
-    reproduce = " ".join(
-        [
-            f"rag train --data {config.data} --target {config.target} --model {config.model} --seed {config.seed}",
-            *(f"--sensitive {c}" for c in config.sensitive or []),
-            *(f"--drop {c}" for c in config.drop),
-            *([f"--positive-label {config.positive_label}"] if config.positive_label else []),
-            f"--min-slice-size {config.min_slice_size}",
-            f"--test-size {config.test_size:g} --cv-folds {config.cv_folds} --n-resamples {config.n_resamples}",
-        ]
-    )
-    sensitive_note = (
-        f"The sensitive attributes {sensitive_in_features} are model inputs. Retrain with "
-        f"`--drop {' --drop '.join(sensitive_in_features)}` to exclude them (the slices stay measurable)."
-        if sensitive_in_features
-        else "Sensitive attributes are not model inputs."
-    )
     return f"""# Model card: {result.model_name} v{result.model_version}
 
 Generated {datetime.now(UTC).isoformat(timespec="seconds")} by `rag train` (MLflow run `{result.run_id}`,
@@ -135,56 +174,42 @@ data's, and any use where the slice gaps below have not been reviewed.
 
 {chr(10).join("> " + line for line in doc_text.splitlines()) if doc_text else ""}
 
-## Evaluation (95 % percentile-bootstrap CIs, {config.n_resamples} resamples)
-Headline: test ROC-AUC {test_auc.value:.4f} [{test_auc.ci_low:.4f}, {test_auc.ci_high:.4f}].
-
-{_metric_lines(result.metrics)}
-
-Validation = out-of-fold predictions on train+validation for the chosen configuration (slightly
-optimistic: the same folds chose it). Test = the held-out set, scored once.
-
-### Calibration (held-out test set; used for the serving interval)
-| predicted probability | rows | observed positive rate | Wilson 95 % CI |
-|---|---|---|---|
-{calibration}
-
-See `reliability.png` and `roc.png` in the run's artifacts.
-
-## Slices
-Test set; slices under {config.min_slice_size} rows are not evaluated; a slice is flagged when it is more than
-{config.max_slice_gap} below overall and its CI excludes the overall value; `gap` > 0 means worse than overall.
-
-{format_slice_table(slices) if len(slices) else "No sensitive columns declared (`--sensitive`)."}
-
-Flagged slices:
-{flagged}
-
-{sensitive_note}
-
-## Input schema (requests outside it are rejected)
-{_schema_lines(schema)}
-
-## Warnings from training
-{warnings}
-
-## Limitations
-- {result.data["test_rows"]} test rows: the CIs above are the honest precision of these estimates; slices
-  under {config.min_slice_size} rows are not evaluated at all.
-- Trained on one snapshot of data; performance on later or different populations is unknown until measured.
-- Probabilities are only as calibrated as the reliability diagram shows; read the interval, not the point.
-- Numeric inputs are accepted only within the training range (+/- {schema.range_margin:.0%} of its width).
-
-## Monitoring and drift thresholds
-Compare new inputs with the training reference (`drift_reference.csv` in this run) using
-`rag drift --reference drift_reference.csv --current <new rows>.csv --exclude {config.target}`:
-{drift_lines}
-
-Escalation and what each alert means: `docs/MONITORING.md`.
-
-## Reproduce
-With a file of the same sha256 this gives identical metrics:
-
-```bash
-{reproduce}
-```
 """
+
+
+def _calibration_rows(serving: ServingInfo) -> str:
+    return "\n".join(
+        f"| [{b.low:.3f}, {b.high:.3f}] | {b.count} | {b.observed_rate:.3f} | [{b.ci_low:.3f}, {b.ci_high:.3f}] |"
+        for b in serving.calibration
+    )
+
+
+def _drift_lines() -> str:
+    return "\n".join(
+        f"- `{s.name}` ({', '.join(s.kinds)}): drift when {s.direction.replace('_', ' ')} {s.threshold:g}"
+        + (" (Bonferroni-corrected across features)" if s.uses_p_value else "")
+        for s in REGISTRY.values()
+    )
+
+
+def _reproduce_command(config: TrainingConfig) -> str:
+    return " ".join(
+        [
+            f"rag train --data {config.data} --target {config.target} --model {config.model} --seed {config.seed}",
+            *(f"--sensitive {c}" for c in config.sensitive or []),
+            *(f"--drop {c}" for c in config.drop),
+            *([f"--positive-label {config.positive_label}"] if config.positive_label else []),
+            f"--min-slice-size {config.min_slice_size}",
+            f"--test-size {config.test_size:g} --cv-folds {config.cv_folds} --n-resamples {config.n_resamples}",
+        ]
+    )
+
+
+def _sensitive_note(config: TrainingConfig, schema: FeatureSchema) -> str:
+    sensitive_in_features = [c for c in config.sensitive or [] if c in schema.names]
+    if not sensitive_in_features:
+        return "Sensitive attributes are not model inputs."
+    return (
+        f"The sensitive attributes {sensitive_in_features} are model inputs. Retrain with "
+        f"`--drop {' --drop '.join(sensitive_in_features)}` to exclude them (the slices stay measurable)."
+    )

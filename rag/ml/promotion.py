@@ -132,105 +132,40 @@ def promote_model(
     production = model_version_by_alias(client, name, PRODUCTION)
     warnings: list[str] = []
     staging_info = _serving_info(settings, staging.run_id)
-
-    if holdout is not None:
-        if not holdout.is_file():
-            raise InvalidInputError(f"held-out file {holdout} does not exist")
-        frame = pd.read_csv(holdout)
-        source = str(holdout)
-    else:
-        frame = _heldout(settings, staging.run_id)
-        source = f"runs:/{staging.run_id}/{HELDOUT_ARTIFACT}"
-        if production is not None and production.run_id != staging.run_id:
-            s_run, p_run = client.get_run(staging.run_id), client.get_run(production.run_id)
-            if s_run.data.params.get("data_sha256") == p_run.data.params.get("data_sha256"):
-                prod_rows = set(_heldout(settings, production.run_id)[ROW_ID].tolist())
-                before = len(frame)
-                frame = frame.loc[frame[ROW_ID].isin(prod_rows)]
-                if len(frame) < before:
-                    warnings.append(
-                        f"the two runs held out different rows; compared on the {len(frame)} of {before} rows "
-                        "held out from both"
-                    )
-            else:
-                warnings.append(
-                    "production was trained on a different data file: some of these rows may have been in its "
-                    "training data (favours production); pass --holdout with rows neither model has seen"
-                )
-    target = staging_info.schema_.target
-    if target not in frame.columns:
-        raise InvalidInputError(f"the held-out data have no target column {target!r}")
-    frame = frame.loc[frame[target].notna()]
-    y = (frame[target].astype(str) == staging_info.positive_label).to_numpy(dtype=int)
-    if len(frame) < 30 or y.min() == y.max():
-        raise InvalidInputError(
-            f"the held-out data have {len(frame)} usable rows and {len(set(y.tolist()))} classes: "
-            "need at least 30 rows of both classes to compare models"
-        )
+    frame, source = _comparison_rows(settings, client, staging, production, holdout, warnings)
+    frame, y = _labelled(frame, staging_info)
     staging_prob = _probabilities(load_sklearn_version(settings, client, staging), staging_info, frame)
     staging_score = _score(staging, y, staging_prob, staging_info.threshold, seed)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-
+    common: dict[str, Any] = {
+        "model_name": name,
+        "tolerance": tolerance,
+        "heldout_source": source,
+        "heldout_rows": len(frame),
+        "staging": staging_score,
+        "warnings": warnings,
+        "decided_at": now,
+    }
     if production is None:
         decision = PromotionDecision(
-            model_name=name,
             promoted=True,
             outcome="promoted",
             reason="no production version yet: staging becomes the baseline",
-            tolerance=tolerance,
-            heldout_source=source,
-            heldout_rows=len(frame),
-            staging=staging_score,
             production=None,
-            warnings=warnings,
-            decided_at=now,
+            **common,
         )
     elif str(production.version) == str(staging.version):
         decision = PromotionDecision(
-            model_name=name,
             promoted=False,
             outcome="already_production",
             reason=f"version {staging.version} is already in production",
-            tolerance=tolerance,
-            heldout_source=source,
-            heldout_rows=len(frame),
-            staging=staging_score,
             production=staging_score,
             difference=0.0,
-            warnings=warnings,
-            decided_at=now,
+            **common,
         )
     else:
-        production_info = _serving_info(settings, production.run_id)
-        if production_info.positive_label != staging_info.positive_label:
-            raise InvalidInputError(
-                f"staging predicts {staging_info.positive_label!r} but production predicts "
-                f"{production_info.positive_label!r}: the models are not comparable"
-            )
-        production_prob = _probabilities(load_sklearn_version(settings, client, production), production_info, frame)
-        production_score = _score(production, y, production_prob, production_info.threshold, seed)
-        difference = staging_score.roc_auc - production_score.roc_auc
-        low, high = _difference_ci(y, staging_prob, production_prob, seed)
-        promoted = difference >= -tolerance
-        verdict = "not worse than" if promoted else "worse than"
-        decision = PromotionDecision(
-            model_name=name,
-            promoted=promoted,
-            outcome="promoted" if promoted else "refused",
-            reason=(
-                f"staging v{staging.version} ROC-AUC {staging_score.roc_auc:.4f} is {verdict} production "
-                f"v{production.version} {production_score.roc_auc:.4f} (difference {difference:+.4f}, paired 95% "
-                f"CI [{low:+.4f}, {high:+.4f}], tolerance {tolerance:g})"
-            ),
-            tolerance=tolerance,
-            heldout_source=source,
-            heldout_rows=len(frame),
-            staging=staging_score,
-            production=production_score,
-            difference=difference,
-            difference_ci=(low, high),
-            warnings=warnings,
-            decided_at=now,
+        decision = _compare_with_production(
+            settings, client, staging, production, staging_info, frame, y, staging_prob, seed, common
         )
     if decision.promoted and not dry_run:
         if production is not None:
@@ -240,3 +175,90 @@ def promote_model(
     if not dry_run:
         client.log_dict(staging.run_id, decision.to_dict(), f"promotion/decision-{now.replace(':', '')}.json")
     return decision
+
+
+def _comparison_rows(
+    settings: Settings, client: Any, staging: Any, production: Any, holdout: Path | None, warnings: list[str]
+) -> tuple[pd.DataFrame, str]:
+    """The held-out rows both models are compared on, and where they come from (appends warnings)."""
+    if holdout is not None:
+        if not holdout.is_file():
+            raise InvalidInputError(f"held-out file {holdout} does not exist")
+        return pd.read_csv(holdout), str(holdout)
+    frame = _heldout(settings, staging.run_id)
+    source = f"runs:/{staging.run_id}/{HELDOUT_ARTIFACT}"
+    if production is None or production.run_id == staging.run_id:
+        return frame, source
+    s_run, p_run = client.get_run(staging.run_id), client.get_run(production.run_id)
+    if s_run.data.params.get("data_sha256") == p_run.data.params.get("data_sha256"):
+        prod_rows = set(_heldout(settings, production.run_id)[ROW_ID].tolist())
+        before = len(frame)
+        frame = frame.loc[frame[ROW_ID].isin(prod_rows)]
+        if len(frame) < before:
+            warnings.append(
+                f"the two runs held out different rows; compared on the {len(frame)} of {before} rows "
+                "held out from both"
+            )
+    else:
+        warnings.append(
+            "production was trained on a different data file: some of these rows may have been in its "
+            "training data (favours production); pass --holdout with rows neither model has seen"
+        )
+    return frame, source
+
+
+def _labelled(frame: pd.DataFrame, info: ServingInfo) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows with a target, and the 0/1 labels; at least 30 rows of both classes or an error."""
+    target = info.schema_.target
+    if target not in frame.columns:
+        raise InvalidInputError(f"the held-out data have no target column {target!r}")
+    frame = frame.loc[frame[target].notna()]
+    y = (frame[target].astype(str) == info.positive_label).to_numpy(dtype=int)
+    if len(frame) < 30 or y.min() == y.max():
+        raise InvalidInputError(
+            f"the held-out data have {len(frame)} usable rows and {len(set(y.tolist()))} classes: "
+            "need at least 30 rows of both classes to compare models"
+        )
+    return frame, y
+
+
+def _compare_with_production(
+    settings: Settings,
+    client: Any,
+    staging: Any,
+    production: Any,
+    staging_info: ServingInfo,
+    frame: pd.DataFrame,
+    y: np.ndarray,
+    staging_prob: np.ndarray,
+    seed: int,
+    common: dict[str, Any],
+) -> PromotionDecision:
+    """Staging versus production on the same rows: promoted unless ROC-AUC drops by more than the tolerance."""
+    production_info = _serving_info(settings, production.run_id)
+    if production_info.positive_label != staging_info.positive_label:
+        raise InvalidInputError(
+            f"staging predicts {staging_info.positive_label!r} but production predicts "
+            f"{production_info.positive_label!r}: the models are not comparable"
+        )
+    production_prob = _probabilities(load_sklearn_version(settings, client, production), production_info, frame)
+    production_score = _score(production, y, production_prob, production_info.threshold, seed)
+    staging_score = common["staging"]
+    tolerance = common["tolerance"]
+    difference = staging_score.roc_auc - production_score.roc_auc
+    low, high = _difference_ci(y, staging_prob, production_prob, seed)
+    promoted = difference >= -tolerance
+    verdict = "not worse than" if promoted else "worse than"
+    return PromotionDecision(
+        promoted=promoted,
+        outcome="promoted" if promoted else "refused",
+        reason=(
+            f"staging v{staging.version} ROC-AUC {staging_score.roc_auc:.4f} is {verdict} production "
+            f"v{production.version} {production_score.roc_auc:.4f} (difference {difference:+.4f}, paired 95% "
+            f"CI [{low:+.4f}, {high:+.4f}], tolerance {tolerance:g})"
+        ),
+        production=production_score,
+        difference=difference,
+        difference_ci=(low, high),
+        **common,
+    )

@@ -1,6 +1,7 @@
 """Drift of the live RAG query stream, read from the API's JSON-lines query log.
 
-Each log line is one answered query (``QueryRecord``). Two windows of records are compared:
+Each log line is one answered query (``rag.ml.query_log.QueryLogRecord``, the contract the API writes).
+Two windows of records are compared:
 
 - ``question_chars`` (question length): KS and PSI;
 - ``top_score`` (best dense cosine similarity; missing when retrieval returned nothing): KS and PSI, the
@@ -22,18 +23,14 @@ and the report says why (a model change is a deployment event, not drift).
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rag.errors import InvalidInputError
 from rag.ml.drift import (
@@ -47,8 +44,7 @@ from rag.ml.drift import (
     histogram,
     population_stability_index,
 )
-
-log = logging.getLogger(__name__)
+from rag.ml.query_log import QueryLogRecord, read_query_log
 
 DEFAULT_REFERENCE_SIZE = 500
 DEFAULT_CURRENT_SIZE = 200
@@ -58,75 +54,6 @@ CLASSIFIER_FOLDS = 5
 DEFAULT_PERMUTATIONS = 1000
 WindowBy = Literal["count", "time"]
 PcaFit = Literal["pooled", "reference"]
-
-
-class LatencyMs(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    retrieval: float | None = None
-    generation: float | None = None
-    total: float | None = None
-
-
-class QueryVersions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    index: str | None = None
-    embedding_model: str | None = None
-    generator: str | None = None
-    prompt: str | None = None
-
-
-class QueryRecord(BaseModel):
-    """One line of ``settings.query_log_path``; unknown extra fields are ignored (forward compatible)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    ts: datetime
-    request_id: str
-    question_hash: str
-    question: str | None = None
-    question_chars: int = Field(ge=0)
-    mode: str
-    top_score: float | None = Field(None, ge=-1.0001, le=1.0001)
-    abstained: bool
-    confidence: float | None = None
-    latency_ms: LatencyMs = Field(default_factory=LatencyMs)
-    versions: QueryVersions = Field(default_factory=QueryVersions)
-    query_embedding: list[float] | None = None
-
-    def timestamp(self) -> datetime:
-        return self.ts if self.ts.tzinfo else self.ts.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class QueryLog:
-    """Records of one log file sorted by time, and how many lines could not be read."""
-
-    path: Path
-    records: list[QueryRecord]
-    malformed: int
-
-
-def read_query_log(path: Path) -> QueryLog:
-    """Parse a JSON-lines query log; malformed lines are counted and skipped (a log is append-only)."""
-    if not path.is_file():
-        raise InvalidInputError(f"query log {path} does not exist", hint="the API writes it when queries arrive")
-    records: list[QueryRecord] = []
-    malformed = 0
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(QueryRecord.model_validate(json.loads(line)))
-            except (ValueError, ValidationError) as exc:
-                malformed += 1
-                log.debug("query log %s line %d skipped: %s", path, number, exc)
-    if not records:
-        raise InvalidInputError(f"query log {path} holds no readable records ({malformed} malformed lines)")
-    records.sort(key=lambda r: r.timestamp())
-    return QueryLog(path=path, records=records, malformed=malformed)
 
 
 def parse_interval(text: str) -> tuple[datetime, datetime]:
@@ -145,7 +72,7 @@ def parse_interval(text: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _describe(records: Sequence[QueryRecord], source: str, how: str) -> dict[str, Any]:
+def _describe(records: Sequence[QueryLogRecord], source: str, how: str) -> dict[str, Any]:
     stamps = [r.timestamp() for r in records]
     return {
         "source": source,
@@ -161,8 +88,8 @@ def _describe(records: Sequence[QueryRecord], source: str, how: str) -> dict[str
 
 
 def select_count_windows(
-    records: Sequence[QueryRecord], reference_size: int, current_size: int
-) -> tuple[list[QueryRecord], list[QueryRecord]]:
+    records: Sequence[QueryLogRecord], reference_size: int, current_size: int
+) -> tuple[list[QueryLogRecord], list[QueryLogRecord]]:
     """The last ``current_size`` records, and the ``reference_size`` records just before them."""
     if reference_size < 1 or current_size < 1:
         raise InvalidInputError("window sizes must be at least 1")
@@ -178,7 +105,7 @@ def select_count_windows(
     return reference, current
 
 
-def select_time_window(records: Sequence[QueryRecord], start: datetime, end: datetime) -> list[QueryRecord]:
+def select_time_window(records: Sequence[QueryLogRecord], start: datetime, end: datetime) -> list[QueryLogRecord]:
     """Records with ``start <= ts < end``."""
     return [r for r in records if start <= r.timestamp() < end]
 
@@ -278,7 +205,7 @@ def principal_component_psi(
     return out
 
 
-def _embeddings(records: Sequence[QueryRecord]) -> np.ndarray | None:
+def _embeddings(records: Sequence[QueryLogRecord]) -> np.ndarray | None:
     vectors = [r.query_embedding for r in records if r.query_embedding]
     if not vectors:
         return None
@@ -308,8 +235,8 @@ def _result(feature: str, test: str, outcome: StatOutcome, n_ref: int, n_cur: in
 
 
 def compare_query_windows(
-    reference: Sequence[QueryRecord],
-    current: Sequence[QueryRecord],
+    reference: Sequence[QueryLogRecord],
+    current: Sequence[QueryLogRecord],
     *,
     reference_info: dict[str, Any] | None = None,
     current_info: dict[str, Any] | None = None,
@@ -328,8 +255,38 @@ def compare_query_windows(
             hint="widen the windows or check the time ranges against the log",
         )
     warnings: list[str] = []
-    results: list[DriftResult] = []
     histograms: dict[str, Histogram] = {}
+    results = _scalar_results(reference, current, histograms if with_histograms else None)
+    results += _embedding_results(
+        reference, current, n_components, pca_fit, min_auc, seed, warnings, histograms if with_histograms else None
+    )
+    versions_changed = [
+        key
+        for key in ("index", "embedding_model", "generator", "prompt")
+        if {str(getattr(r.versions, key)) for r in reference} != {str(getattr(r.versions, key)) for r in current}
+    ]
+    if versions_changed:
+        warnings.append(
+            f"versions differ between the windows ({', '.join(versions_changed)}): a deployment may explain a "
+            "shift in scores or abstention"
+        )
+    return build_report(
+        results,
+        kind="query_log",
+        reference=reference_info or {"records": len(reference)},
+        current=current_info or {"records": len(current)},
+        alpha=alpha,
+        thresholds={**dict(thresholds or {}), "domain_classifier_min_auc": min_auc},
+        histograms=histograms,
+        warnings=warnings,
+    )
+
+
+def _scalar_results(
+    reference: Sequence[QueryLogRecord], current: Sequence[QueryLogRecord], histograms: dict[str, Histogram] | None
+) -> list[DriftResult]:
+    """Question length, top score (KS, PSI) and abstention (chi-squared); fills ``histograms`` when given."""
+    results: list[DriftResult] = []
     scalar = {
         "question_chars": ([r.question_chars for r in reference], [r.question_chars for r in current], "numeric"),
         "top_score": (
@@ -347,9 +304,24 @@ def compare_query_windows(
     for name, (ref_values, cur_values, kind) in scalar.items():
         ref_arr, cur_arr = np.asarray(ref_values, dtype=object), np.asarray(cur_values, dtype=object)
         results += feature_results(name, ref_arr, cur_arr, kind, tests_for[name])  # type: ignore[arg-type]
-        if with_histograms:
+        if histograms is not None:
             histograms[name] = histogram(ref_arr, cur_arr, kind)  # type: ignore[arg-type]
 
+    return results
+
+
+def _embedding_results(
+    reference: Sequence[QueryLogRecord],
+    current: Sequence[QueryLogRecord],
+    n_components: int,
+    pca_fit: PcaFit,
+    min_auc: float,
+    seed: int,
+    warnings: list[str],
+    histograms: dict[str, Histogram] | None,
+) -> list[DriftResult]:
+    """Domain classifier on the query embeddings plus PSI per principal component, or one skipped result."""
+    results: list[DriftResult] = []
     models = {str(r.versions.embedding_model) for r in [*reference, *current] if r.query_embedding}
     ref_emb, cur_emb = _embeddings(reference), _embeddings(current)
     skip_reason = None
@@ -388,28 +360,9 @@ def compare_query_windows(
         for feature, pc_outcome, ref_proj, cur_proj in components:
             psi_result = _result(feature, "psi", pc_outcome, len(ref_emb), len(cur_emb))
             results.append(psi_result.model_copy(update={"kind": "numeric", "uses_p_value": False}))
-            if with_histograms:
+            if histograms is not None:
                 histograms[feature] = histogram(ref_proj, cur_proj, "numeric")
-    versions_changed = [
-        key
-        for key in ("index", "embedding_model", "generator", "prompt")
-        if {str(getattr(r.versions, key)) for r in reference} != {str(getattr(r.versions, key)) for r in current}
-    ]
-    if versions_changed:
-        warnings.append(
-            f"versions differ between the windows ({', '.join(versions_changed)}): a deployment may explain a "
-            "shift in scores or abstention"
-        )
-    return build_report(
-        results,
-        kind="query_log",
-        reference=reference_info or {"records": len(reference)},
-        current=current_info or {"records": len(current)},
-        alpha=alpha,
-        thresholds={**dict(thresholds or {}), "domain_classifier_min_auc": min_auc},
-        histograms=histograms,
-        warnings=warnings,
-    )
+    return results
 
 
 def query_log_drift(

@@ -8,7 +8,6 @@ their artifacts under ``settings.artifacts_dir``; a remote server chooses its ow
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -16,11 +15,6 @@ from typing import Any
 
 from rag.errors import ConfigError, NotFoundError, StoreUnavailableError
 from rag.settings import Settings
-
-# MLflow 3 sends usage telemetry unless told not to; this product runs offline.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# Progress bars on every artifact download would drown the CLI's own output.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 STAGING = "staging"
 PRODUCTION = "production"

@@ -111,7 +111,7 @@ def request_model_from_schema(schema: FeatureSchema, name: str = "PredictionRequ
         constraints: dict[str, Any] = {}
         annotation: Any
         if spec.kind == "categorical":
-            annotation = Literal[tuple(spec.categories or [""])]  # type: ignore[misc]
+            annotation = Literal[tuple(spec.categories or [""])]
         elif spec.kind == "boolean":
             annotation = bool
         else:

@@ -349,64 +349,89 @@ def slice_rows(
         for column in slice_columns:
             labels = _slice_labels(frame[column])
             for label in _slice_order(frame[column], labels):
-                part = frame.loc[labels == label]
-                base = {"metric": name, "slice_column": str(column), "slice_value": label, "n": len(part)}
-                if len(part) < min_size:
-                    rows.append(
-                        SliceRow(
-                            **base,
-                            value=None,
-                            ci_low=None,
-                            ci_high=None,
-                            overall=_none_if_nan(overall),
-                            gap=None,
-                            flagged=False,
-                            status="too_small",
-                        )
-                    )
-                    continue
-                value, ci, n_used, undetermined = _evaluate(
-                    part,
-                    metric,
-                    n_resamples=n_resamples,
-                    confidence=confidence,
-                    seed=seed,
-                    key=(name, str(column), label),
-                )
-                if not math.isfinite(value) or not math.isfinite(overall):
-                    rows.append(
-                        SliceRow(
-                            **base,
-                            n_undetermined=undetermined,
-                            value=_none_if_nan(value),
-                            ci_low=None,
-                            ci_high=None,
-                            overall=_none_if_nan(overall),
-                            gap=None,
-                            flagged=False,
-                            status="undefined",
-                        )
-                    )
-                    continue
-                gap = overall - value if better_high else value - overall
-                excludes = ci[1] < overall if better_high else ci[0] > overall
-                big_gap = gap > max_gap
-                flagged = big_gap and bool(excludes) and math.isfinite(ci[0])
-                status = "flagged" if flagged else ("gap_not_significant" if big_gap else "ok")
                 rows.append(
-                    SliceRow(
-                        **base,
-                        n_undetermined=undetermined,
-                        value=value,
-                        ci_low=_none_if_nan(ci[0]),
-                        ci_high=_none_if_nan(ci[1]),
-                        overall=overall,
-                        gap=gap,
-                        flagged=flagged,
-                        status=status,
+                    _slice_row(
+                        frame.loc[labels == label],
+                        metric,
+                        (name, str(column), label),
+                        overall,
+                        better_high,
+                        min_size=min_size,
+                        max_gap=max_gap,
+                        n_resamples=n_resamples,
+                        confidence=confidence,
+                        seed=seed,
                     )
                 )
     return rows
+
+
+def _slice_row(
+    part: pd.DataFrame,
+    metric: str | PairedMetric,
+    key: tuple[str, str, str],
+    overall: float,
+    better_high: bool,
+    *,
+    min_size: int,
+    max_gap: float,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> SliceRow:
+    """One slice (``key`` = metric name, column, label): too small, undefined, or its value, CI and gap."""
+    name, column, label = key
+    overall_or_none = _none_if_nan(overall)
+    if len(part) < min_size:
+        return SliceRow(
+            metric=name,
+            slice_column=column,
+            slice_value=label,
+            n=len(part),
+            value=None,
+            ci_low=None,
+            ci_high=None,
+            overall=overall_or_none,
+            gap=None,
+            flagged=False,
+            status="too_small",
+        )
+    value, ci, _n_used, undetermined = _evaluate(
+        part, metric, n_resamples=n_resamples, confidence=confidence, seed=seed, key=key
+    )
+    if not math.isfinite(value) or not math.isfinite(overall):
+        return SliceRow(
+            metric=name,
+            slice_column=column,
+            slice_value=label,
+            n=len(part),
+            n_undetermined=undetermined,
+            value=_none_if_nan(value),
+            ci_low=None,
+            ci_high=None,
+            overall=overall_or_none,
+            gap=None,
+            flagged=False,
+            status="undefined",
+        )
+    gap = overall - value if better_high else value - overall
+    excludes = ci[1] < overall if better_high else ci[0] > overall
+    big_gap = gap > max_gap
+    flagged = big_gap and bool(excludes) and math.isfinite(ci[0])
+    return SliceRow(
+        metric=name,
+        slice_column=column,
+        slice_value=label,
+        n=len(part),
+        n_undetermined=undetermined,
+        value=value,
+        ci_low=_none_if_nan(ci[0]),
+        ci_high=_none_if_nan(ci[1]),
+        overall=overall,
+        gap=gap,
+        flagged=flagged,
+        status="flagged" if flagged else ("gap_not_significant" if big_gap else "ok"),
+    )
 
 
 def slice_table(

@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import time
 import warnings as warnings_module
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,9 +40,10 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from rag.errors import InvalidInputError
-from rag.ml.analysis import analyze_dataset, overlap_rows
+from rag.hashing import file_sha256
+from rag.ml.analysis import DatasetAnalysis, analyze_dataset, overlap_rows
 from rag.ml.seed import set_seed
-from rag.ml.serving import ServingInfo, calibration_bins, infer_feature_schema
+from rag.ml.serving import FeatureSchema, ServingInfo, calibration_bins, infer_feature_schema
 from rag.ml.slices import (
     SliceRow,
     bootstrap_ci,
@@ -146,14 +148,6 @@ class TrainingResult(BaseModel):
 
 
 # ---------------------------------------------------------------- data
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_content_sha256(model: Any) -> str:
@@ -359,6 +353,49 @@ def _library_versions() -> dict[str, str]:
 # ---------------------------------------------------------------- the run
 
 
+@dataclass
+class _Prepared:
+    """The table after target checks: features, encoded labels and the stratified dev/test split."""
+
+    frame: pd.DataFrame
+    data_sha: str
+    features: list[str]
+    categorical: list[str]
+    numeric: list[str]
+    dev: pd.DataFrame
+    test: pd.DataFrame
+    y_dev: np.ndarray
+    y_test: np.ndarray
+    positive: str
+    negative: str
+
+
+@dataclass
+class _Fitted:
+    """Everything a finished search produced that ``_log`` writes to MLflow and the result."""
+
+    started: float
+    search: Any
+    best: Any
+    best_params: dict[str, Any]
+    cv: tuple[float, float]
+    metrics: dict[str, dict[str, MetricCI]]
+    rows: list[SliceRow]
+    flagged: list[str]
+    warnings: list[str]
+    analysis: DatasetAnalysis
+    data_info: dict[str, Any]
+    serving: ServingInfo
+    schema: FeatureSchema
+    x_dev: pd.DataFrame
+    dev: pd.DataFrame
+    test: pd.DataFrame
+    y_test: np.ndarray
+    test_prob: np.ndarray
+    seed_report: dict[str, Any]
+    features: list[str]
+
+
 class TabularTrainer:
     """One training run: split -> analyse -> CV search -> test once -> slices -> log/register in MLflow."""
 
@@ -384,15 +421,72 @@ class TabularTrainer:
         return features
 
     def run(self) -> TrainingResult:
-        from sklearn.base import clone
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict, train_test_split
-        from threadpoolctl import threadpool_limits
-
         started = time.perf_counter()
         seed_report = set_seed(self.config.seed)
+        warnings: list[str] = []
+        data = self._prepare(warnings)
+        cfg = self.config
+
+        # 2. analysis on train+validation only (plus the leakage count)
+        analysis = analyze_dataset(data.dev, cfg.target)
+        warnings += analysis.warnings
+        shared = overlap_rows(data.dev[data.features], data.test[data.features])
+        if shared:
+            warnings.append(f"{shared} test rows are feature-identical to train+validation rows (possible leakage)")
+        x_dev = _to_feature_frame(data.dev, data.features, data.categorical)
+        x_test = _to_feature_frame(data.test, data.features, data.categorical)
+
+        search, oof, test_prob = self._search(data, x_dev, x_test)
+        best_index = int(search.best_index_)
+        metrics = {
+            "validation": evaluate_predictions(
+                data.y_dev, oof, threshold=cfg.threshold, n_resamples=cfg.n_resamples, seed=cfg.seed
+            ),
+            "test": evaluate_predictions(
+                data.y_test, test_prob, threshold=cfg.threshold, n_resamples=cfg.n_resamples, seed=cfg.seed
+            ),
+        }
+        rows, flagged, bucket_edges = self._slices(data, test_prob, warnings)
+        serving = ServingInfo(
+            schema_=infer_feature_schema(data.dev, cfg.target, drop=cfg.drop),
+            positive_label=data.positive,
+            negative_label=data.negative,
+            threshold=cfg.threshold,
+            calibration=calibration_bins(data.y_test, test_prob),
+        )
+        fitted = _Fitted(
+            started=started,
+            search=search,
+            best=search.best_estimator_,
+            best_params={k.removeprefix("model__"): v for k, v in search.best_params_.items()},
+            cv=(
+                float(search.cv_results_["mean_test_score"][best_index]),
+                float(search.cv_results_["std_test_score"][best_index]),
+            ),
+            metrics=metrics,
+            rows=rows,
+            flagged=flagged,
+            warnings=warnings,
+            analysis=analysis,
+            data_info=self._data_info(data, analysis, bucket_edges),
+            serving=serving,
+            schema=serving.schema_,
+            x_dev=x_dev,
+            dev=data.dev,
+            test=data.test,
+            y_test=data.y_test,
+            test_prob=test_prob,
+            seed_report=seed_report,
+            features=data.features,
+        )
+        return self._log(fitted)
+
+    def _prepare(self, warnings: list[str]) -> _Prepared:
+        """Load, hash and check the table, then 1. split first (stratified), before looking at anything."""
+        from sklearn.model_selection import train_test_split
+
         frame = load_table(self.config.data)
         data_sha = file_sha256(self.config.data)
-        warnings: list[str] = []
         if self.config.sensitive is None:
             detected = detect_sensitive([str(c) for c in frame.columns], self.config.target)
             self.config = self.config.model_copy(update={"sensitive": detected})
@@ -406,32 +500,37 @@ class TabularTrainer:
             frame = frame.loc[frame[cfg.target].notna()]
         frame = frame.reset_index(drop=True)
         y, positive, negative = encode_target(frame[cfg.target], cfg.positive_label)
-
-        # 1. split first (stratified), before looking at anything
         dev_idx, test_idx = train_test_split(
             np.arange(len(frame)), test_size=cfg.test_size, stratify=y, random_state=cfg.seed, shuffle=True
         )
-        dev, test = frame.iloc[dev_idx], frame.iloc[test_idx]
-        y_dev, y_test = y[dev_idx], y[test_idx]
+        y_dev = y[dev_idx]
         if min(np.bincount(y_dev, minlength=2)) < cfg.cv_folds:
             raise InvalidInputError(f"too few rows of the minority class for {cfg.cv_folds}-fold CV")
-
-        # 2. analysis on train+validation only (plus the leakage count)
-        analysis = analyze_dataset(dev, cfg.target)
-        warnings += analysis.warnings
-        shared = overlap_rows(dev[features], test[features])
-        if shared:
-            warnings.append(f"{shared} test rows are feature-identical to train+validation rows (possible leakage)")
-
         categorical = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
-        numeric = [c for c in features if c not in set(categorical)]
-        x_dev = _to_feature_frame(dev, features, categorical)
-        x_test = _to_feature_frame(test, features, categorical)
+        return _Prepared(
+            frame=frame,
+            data_sha=data_sha,
+            features=features,
+            categorical=categorical,
+            numeric=[c for c in features if c not in set(categorical)],
+            dev=frame.iloc[dev_idx],
+            test=frame.iloc[test_idx],
+            y_dev=y_dev,
+            y_test=y[test_idx],
+            positive=positive,
+            negative=negative,
+        )
 
-        # 3. CV search on train+validation
+    def _search(self, data: _Prepared, x_dev: pd.DataFrame, x_test: pd.DataFrame) -> tuple[Any, np.ndarray, np.ndarray]:
+        """3. CV search on train+validation, out-of-fold predictions, then 4. the test set, once."""
+        from sklearn.base import clone
+        from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+        from threadpoolctl import threadpool_limits
+
+        cfg = self.config
         splitter = StratifiedKFold(n_splits=cfg.cv_folds, shuffle=True, random_state=cfg.seed)
         search = GridSearchCV(
-            build_pipeline(cfg.model, numeric, categorical, cfg.seed),
+            build_pipeline(cfg.model, data.numeric, data.categorical, cfg.seed),
             PARAM_GRIDS[cfg.model],
             scoring="roc_auc",
             cv=splitter,
@@ -442,25 +541,20 @@ class TabularTrainer:
         # One BLAS/OpenMP thread: identical float summation order on every run (bit-for-bit metrics), and
         # far faster on small tables (HistGradientBoosting's thread start-up dominates 800-row fits).
         with threadpool_limits(limits=1):
-            search.fit(x_dev, y_dev)
+            search.fit(x_dev, data.y_dev)
             best = search.best_estimator_
-            oof = cross_val_predict(clone(best), x_dev, y_dev, cv=splitter, method="predict_proba")[:, 1]
-            # 4. the test set, once
+            oof = cross_val_predict(clone(best), x_dev, data.y_dev, cv=splitter, method="predict_proba")[:, 1]
             test_prob = best.predict_proba(x_test)[:, 1]
-        best_index = int(search.best_index_)
-        cv_mean = float(search.cv_results_["mean_test_score"][best_index])
-        cv_std = float(search.cv_results_["std_test_score"][best_index])
-        metrics = {
-            "validation": evaluate_predictions(
-                y_dev, oof, threshold=cfg.threshold, n_resamples=cfg.n_resamples, seed=cfg.seed
-            ),
-            "test": evaluate_predictions(
-                y_test, test_prob, threshold=cfg.threshold, n_resamples=cfg.n_resamples, seed=cfg.seed
-            ),
-        }
+        return search, oof, test_prob
+
+    def _slices(
+        self, data: _Prepared, test_prob: np.ndarray, warnings: list[str]
+    ) -> tuple[list[SliceRow], list[str], dict[str, list[float]]]:
+        """The slice table on the test rows; appends a warning per unclear gap and per flagged slice."""
+        cfg = self.config
         test_pred = (test_prob >= cfg.threshold).astype(int)
         sensitive = list(cfg.sensitive or [])
-        slice_input, bucket_edges = _slice_frame(test, dev, sensitive, y_test, test_prob, test_pred)
+        slice_input, bucket_edges = _slice_frame(data.test, data.dev, sensitive, data.y_test, test_prob, test_pred)
         rows = slice_rows(
             slice_input,
             metric_columns=["correct"],
@@ -481,220 +575,222 @@ class TabularTrainer:
                 )
         for item in flagged:
             warnings.append(f"possible disparate impact: {item} is more than {cfg.max_slice_gap} below overall")
+        return rows, flagged, bucket_edges
 
-        schema = infer_feature_schema(dev, cfg.target, drop=cfg.drop)
-        serving = ServingInfo(
-            schema=schema,
-            positive_label=positive,
-            negative_label=negative,
-            threshold=cfg.threshold,
-            calibration=calibration_bins(y_test, test_prob),
-        )
-        best_params = {k.removeprefix("model__"): v for k, v in search.best_params_.items()}
-        data_info = {
+    def _data_info(
+        self, data: _Prepared, analysis: DatasetAnalysis, bucket_edges: dict[str, list[float]]
+    ) -> dict[str, Any]:
+        cfg = self.config
+        return {
             "path": str(cfg.data),
-            "sha256": data_sha,
-            "rows": len(frame),
-            "train_validation_rows": len(dev),
-            "test_rows": len(test),
-            "positive_label": positive,
+            "sha256": data.data_sha,
+            "rows": len(data.frame),
+            "train_validation_rows": len(data.dev),
+            "test_rows": len(data.test),
+            "positive_label": data.positive,
             "class_balance": analysis.target.counts if analysis.target else {},
             "split": f"stratified {1 - cfg.test_size:.0%}/{cfg.test_size:.0%} train+validation/test, seed {cfg.seed}; "
             f"validation = {cfg.cv_folds}-fold stratified out-of-fold predictions",
             "bucket_edges": bucket_edges,
         }
-        return self._log(
-            started=started,
-            search=search,
-            best=best,
-            best_params=best_params,
-            cv=(cv_mean, cv_std),
-            metrics=metrics,
-            rows=rows,
-            flagged=flagged,
-            warnings=warnings,
-            analysis=analysis,
-            data_info=data_info,
-            serving=serving,
-            schema=schema,
-            x_dev=x_dev,
-            dev=dev,
-            test=test,
-            y_test=y_test,
-            test_prob=test_prob,
-            seed_report=seed_report,
-            features=features,
-        )
 
-    def _log(self, **k: Any) -> TrainingResult:
+    def _log(self, fitted: _Fitted) -> TrainingResult:
         """Write artifacts, log everything to MLflow, register the model as ``staging``."""
-        import mlflow.sklearn
-        from mlflow.entities import Metric, Param, RunTag
-        from mlflow.models import infer_signature
-
         from rag.ml.model_card import render_model_card
-        from rag.ml.registry import STAGING, client_for, ensure_experiment
-        from rag.ml.slices import format_slice_table
+        from rag.ml.registry import client_for, ensure_experiment
 
         cfg = self.config
-        settings = self.settings
-        client = client_for(settings)
-        experiment_id = ensure_experiment(client, settings, cfg.experiment_name)
+        client = client_for(self.settings)
+        experiment_id = ensure_experiment(client, self.settings, cfg.experiment_name)
         versions = _library_versions()
         commit = _git_commit()
         run = client.create_run(
             experiment_id,
-            run_name=f"{cfg.model}-seed{cfg.seed}-{k['data_info']['sha256'][:8]}",
-            tags={"mlflow.source.name": "rag train", "data_sha256": k["data_info"]["sha256"], "task": "tabular"},
+            run_name=f"{cfg.model}-seed{cfg.seed}-{fitted.data_info['sha256'][:8]}",
+            tags={"mlflow.source.name": "rag train", "data_sha256": fitted.data_info["sha256"], "task": "tabular"},
         )
         run_id = run.info.run_id
         try:
-            params = {
-                "model_type": cfg.model,
-                "seed": cfg.seed,
-                "data_path": str(cfg.data),
-                "data_sha256": k["data_info"]["sha256"],
-                "data_rows": k["data_info"]["rows"],
-                "target": cfg.target,
-                "positive_label": k["serving"].positive_label,
-                "features": json.dumps(k["features"]),
-                "drop": json.dumps(cfg.drop),
-                "sensitive": json.dumps(cfg.sensitive),
-                "test_size": cfg.test_size,
-                "split": "stratified train+validation/test, then stratified k-fold CV",
-                "cv_folds": cfg.cv_folds,
-                "cv_scoring": "roc_auc",
-                "param_grid": json.dumps(PARAM_GRIDS[cfg.model]),
-                "threshold": cfg.threshold,
-                "n_resamples": cfg.n_resamples,
-                "min_slice_size": cfg.min_slice_size,
-                **{f"best_{name}": value for name, value in k["best_params"].items()},
-                **{f"version_{name}": value for name, value in versions.items()},
-            }
-            metrics: dict[str, float] = {"cv_roc_auc_mean": k["cv"][0], "cv_roc_auc_std": k["cv"][1]}
-            for split_name, values in k["metrics"].items():
-                prefix = "val" if split_name == "validation" else split_name
-                for name, metric in values.items():
-                    for suffix, value in (("", metric.value), ("_ci_low", metric.ci_low), ("_ci_high", metric.ci_high)):
-                        if value is not None:
-                            metrics[f"{prefix}_{name}{suffix}"] = float(value)
-            now = int(time.time() * 1000)
-            tags = {"git_commit": commit or "unknown", "seed_report": json.dumps(k["seed_report"])}
-            client.log_batch(
-                run_id,
-                metrics=[Metric(name, value, now, 0) for name, value in sorted(metrics.items())],
-                params=[Param(name, str(value)) for name, value in sorted(params.items())],
-                tags=[RunTag(name, value) for name, value in tags.items()],
-            )
-
+            self._log_params_and_metrics(client, run_id, fitted, versions, commit)
             with tempfile.TemporaryDirectory(prefix="rag-train-") as tmp:
                 out = Path(tmp)
-                (out / "config.json").write_text(json.dumps(self.to_dict(), indent=2))
-                (out / "analysis.json").write_text(json.dumps(k["analysis"].to_dict(), indent=2))
-                (out / "metrics.json").write_text(
-                    json.dumps(
-                        {s: {n: m.model_dump() for n, m in v.items()} for s, v in k["metrics"].items()}, indent=2
-                    )
+                table = self._log_artifacts(client, run_id, fitted, out)
+                model_sha, content_sha = self._log_model(client, run_id, fitted, out / "model", versions)
+                version = self._register(client, run, fitted, model_sha)
+                result = self._result(fitted, run_id, experiment_id, str(version), model_sha, content_sha)
+                card = render_model_card(
+                    result, cfg, fitted.analysis, fitted.schema, fitted.serving, table, versions, commit
                 )
-                pd.DataFrame(k["search"].cv_results_).drop(columns=["params"]).to_csv(
-                    out / "cv_results.csv", index=False
-                )
-                table = pd.DataFrame([r.model_dump() for r in k["rows"]], columns=list(SliceRow.model_fields))
-                table.to_csv(out / "slices.csv", index=False)
-                (out / "slices.md").write_text(format_slice_table(table))
-                (out / "serving.json").write_text(k["serving"].model_dump_json(by_alias=True, indent=2))
-                heldout = k["test"].copy()
-                heldout.insert(0, ROW_ID, heldout.index.to_numpy())
-                (out / "heldout").mkdir()
-                heldout.to_csv(out / HELDOUT_ARTIFACT, index=False)
-                k["dev"].to_csv(out / "drift_reference.csv", index=False)
-                plots = _figures(k["y_test"], k["test_prob"], out)
-                for name in [
-                    "config.json",
-                    "analysis.json",
-                    "metrics.json",
-                    "cv_results.csv",
-                    "slices.csv",
-                    "slices.md",
-                    "serving.json",
-                    "drift_reference.csv",
-                    *[p.name for p in plots],
-                ]:
-                    client.log_artifact(run_id, str(out / name))
-                client.log_artifact(run_id, str(out / HELDOUT_ARTIFACT), "heldout")
-
-                model_dir = out / "model"
-                example = k["x_dev"].head(5)
-                with warnings_module.catch_warnings():
-                    # integer columns are intended: the request schema rejects missing values for them
-                    warnings_module.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-                    signature = infer_signature(example, k["best"].predict_proba(example))
-                mlflow.sklearn.save_model(
-                    k["best"],
-                    str(model_dir),
-                    signature=signature,
-                    input_example=example,
-                    pyfunc_predict_fn="predict_proba",
-                    skops_trusted_types=SKOPS_TRUSTED_TYPES[cfg.model],
-                    pip_requirements=[
-                        f"scikit-learn=={versions['scikit_learn']}",
-                        f"numpy=={versions['numpy']}",
-                        f"pandas=={versions['pandas']}",
-                        f"scipy=={versions['scipy']}",
-                    ],
-                )
-                model_sha = file_sha256(next(p for p in sorted(model_dir.glob("model.*")) if p.is_file()))
-                client.log_artifacts(run_id, str(model_dir), "model")
-                content_sha = model_content_sha256(k["best"])
-                client.set_tag(run_id, "model_sha256", model_sha)
-                client.set_tag(run_id, "model_content_sha256", content_sha)
-
-                name = cfg.model_name
-                if not client.search_registered_models(filter_string=f"name = '{name}'"):
-                    client.create_registered_model(
-                        name, description=f"Binary classifier for {cfg.target!r} trained by `rag train`."
-                    )
-                version = client.create_model_version(
-                    name,
-                    source=f"{run.info.artifact_uri}/model",
-                    run_id=run_id,
-                    tags={"model_sha256": model_sha, "data_sha256": k["data_info"]["sha256"], "seed": str(cfg.seed)},
-                    description=f"{cfg.model} test ROC-AUC {k['metrics']['test']['roc_auc'].value:.4f}",
-                )
-                client.set_registered_model_alias(name, STAGING, version.version)
-
-                result = TrainingResult(
-                    run_id=run_id,
-                    experiment=cfg.experiment_name,
-                    experiment_id=experiment_id,
-                    tracking_uri=settings.tracking_uri,
-                    model_name=name,
-                    model_version=str(version.version),
-                    alias=STAGING,
-                    model_type=cfg.model,
-                    best_params=k["best_params"],
-                    cv_roc_auc_mean=k["cv"][0],
-                    cv_roc_auc_std=k["cv"][1],
-                    data=k["data_info"],
-                    metrics=k["metrics"],
-                    slices=k["rows"],
-                    flagged_slices=k["flagged"],
-                    warnings=k["warnings"],
-                    model_sha256=model_sha,
-                    model_content_sha256=content_sha,
-                    model_card="model_card.md",
-                    elapsed_s=0.0,
-                )
-                card = render_model_card(result, cfg, k["analysis"], k["schema"], k["serving"], table, versions, commit)
                 (out / "model_card.md").write_text(card)
                 client.log_artifact(run_id, str(out / "model_card.md"))
-            elapsed = round(time.perf_counter() - k["started"], 2)
+            elapsed = round(time.perf_counter() - fitted.started, 2)
             client.log_metric(run_id, "train_runtime_s", elapsed)
             client.set_terminated(run_id, "FINISHED")
         except BaseException:
             client.set_terminated(run_id, "FAILED")
             raise
         return result.model_copy(update={"elapsed_s": elapsed})
+
+    def _log_params_and_metrics(
+        self, client: Any, run_id: str, fitted: _Fitted, versions: dict[str, str], commit: str | None
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        cfg = self.config
+        params = {
+            "model_type": cfg.model,
+            "seed": cfg.seed,
+            "data_path": str(cfg.data),
+            "data_sha256": fitted.data_info["sha256"],
+            "data_rows": fitted.data_info["rows"],
+            "target": cfg.target,
+            "positive_label": fitted.serving.positive_label,
+            "features": json.dumps(fitted.features),
+            "drop": json.dumps(cfg.drop),
+            "sensitive": json.dumps(cfg.sensitive),
+            "test_size": cfg.test_size,
+            "split": "stratified train+validation/test, then stratified k-fold CV",
+            "cv_folds": cfg.cv_folds,
+            "cv_scoring": "roc_auc",
+            "param_grid": json.dumps(PARAM_GRIDS[cfg.model]),
+            "threshold": cfg.threshold,
+            "n_resamples": cfg.n_resamples,
+            "min_slice_size": cfg.min_slice_size,
+            **{f"best_{name}": value for name, value in fitted.best_params.items()},
+            **{f"version_{name}": value for name, value in versions.items()},
+        }
+        metrics: dict[str, float] = {"cv_roc_auc_mean": fitted.cv[0], "cv_roc_auc_std": fitted.cv[1]}
+        for split_name, values in fitted.metrics.items():
+            prefix = "val" if split_name == "validation" else split_name
+            for name, metric in values.items():
+                for suffix, value in (("", metric.value), ("_ci_low", metric.ci_low), ("_ci_high", metric.ci_high)):
+                    if value is not None:
+                        metrics[f"{prefix}_{name}{suffix}"] = float(value)
+        now = int(time.time() * 1000)
+        tags = {"git_commit": commit or "unknown", "seed_report": json.dumps(fitted.seed_report)}
+        client.log_batch(
+            run_id,
+            metrics=[Metric(name, value, now, 0) for name, value in sorted(metrics.items())],
+            params=[Param(name, str(value)) for name, value in sorted(params.items())],
+            tags=[RunTag(name, value) for name, value in tags.items()],
+        )
+
+    def _log_artifacts(self, client: Any, run_id: str, fitted: _Fitted, out: Path) -> pd.DataFrame:
+        """Config, analysis, metrics, CV results, slices, serving schema, held-out rows, plots; returns the slices."""
+        from rag.ml.slices import format_slice_table
+
+        (out / "config.json").write_text(json.dumps(self.to_dict(), indent=2))
+        (out / "analysis.json").write_text(json.dumps(fitted.analysis.to_dict(), indent=2))
+        (out / "metrics.json").write_text(
+            json.dumps({s: {n: m.model_dump() for n, m in v.items()} for s, v in fitted.metrics.items()}, indent=2)
+        )
+        pd.DataFrame(fitted.search.cv_results_).drop(columns=["params"]).to_csv(out / "cv_results.csv", index=False)
+        table = pd.DataFrame([r.model_dump() for r in fitted.rows], columns=list(SliceRow.model_fields))
+        table.to_csv(out / "slices.csv", index=False)
+        (out / "slices.md").write_text(format_slice_table(table))
+        (out / "serving.json").write_text(fitted.serving.model_dump_json(by_alias=True, indent=2))
+        heldout = fitted.test.copy()
+        heldout.insert(0, ROW_ID, heldout.index.to_numpy())
+        (out / "heldout").mkdir()
+        heldout.to_csv(out / HELDOUT_ARTIFACT, index=False)
+        fitted.dev.to_csv(out / "drift_reference.csv", index=False)
+        plots = _figures(fitted.y_test, fitted.test_prob, out)
+        for name in [
+            "config.json",
+            "analysis.json",
+            "metrics.json",
+            "cv_results.csv",
+            "slices.csv",
+            "slices.md",
+            "serving.json",
+            "drift_reference.csv",
+            *[p.name for p in plots],
+        ]:
+            client.log_artifact(run_id, str(out / name))
+        client.log_artifact(run_id, str(out / HELDOUT_ARTIFACT), "heldout")
+        return table
+
+    def _log_model(
+        self, client: Any, run_id: str, fitted: _Fitted, model_dir: Path, versions: dict[str, str]
+    ) -> tuple[str, str]:
+        """Save the estimator with signature and input example; returns (file sha256, content sha256)."""
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        example = fitted.x_dev.head(5)
+        with warnings_module.catch_warnings():
+            # integer columns are intended: the request schema rejects missing values for them
+            warnings_module.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+            signature = infer_signature(example, fitted.best.predict_proba(example))
+        mlflow.sklearn.save_model(
+            fitted.best,
+            str(model_dir),
+            signature=signature,
+            input_example=example,
+            pyfunc_predict_fn="predict_proba",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES[self.config.model],
+            pip_requirements=[
+                f"scikit-learn=={versions['scikit_learn']}",
+                f"numpy=={versions['numpy']}",
+                f"pandas=={versions['pandas']}",
+                f"scipy=={versions['scipy']}",
+            ],
+        )
+        model_sha = file_sha256(next(p for p in sorted(model_dir.glob("model.*")) if p.is_file()))
+        client.log_artifacts(run_id, str(model_dir), "model")
+        content_sha = model_content_sha256(fitted.best)
+        client.set_tag(run_id, "model_sha256", model_sha)
+        client.set_tag(run_id, "model_content_sha256", content_sha)
+        return model_sha, content_sha
+
+    def _register(self, client: Any, run: Any, fitted: _Fitted, model_sha: str) -> Any:
+        """Register a new model version and point the ``staging`` alias at it; returns the version."""
+        from rag.ml.registry import STAGING
+
+        cfg = self.config
+        name = cfg.model_name
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            client.create_registered_model(
+                name, description=f"Binary classifier for {cfg.target!r} trained by `rag train`."
+            )
+        version = client.create_model_version(
+            name,
+            source=f"{run.info.artifact_uri}/model",
+            run_id=run.info.run_id,
+            tags={"model_sha256": model_sha, "data_sha256": fitted.data_info["sha256"], "seed": str(cfg.seed)},
+            description=f"{cfg.model} test ROC-AUC {fitted.metrics['test']['roc_auc'].value:.4f}",
+        )
+        client.set_registered_model_alias(name, STAGING, version.version)
+        return version.version
+
+    def _result(
+        self, fitted: _Fitted, run_id: str, experiment_id: str, version: str, model_sha: str, content_sha: str
+    ) -> TrainingResult:
+        from rag.ml.registry import STAGING
+
+        cfg = self.config
+        return TrainingResult(
+            run_id=run_id,
+            experiment=cfg.experiment_name,
+            experiment_id=experiment_id,
+            tracking_uri=self.settings.tracking_uri,
+            model_name=cfg.model_name,
+            model_version=version,
+            alias=STAGING,
+            model_type=cfg.model,
+            best_params=fitted.best_params,
+            cv_roc_auc_mean=fitted.cv[0],
+            cv_roc_auc_std=fitted.cv[1],
+            data=fitted.data_info,
+            metrics=fitted.metrics,
+            slices=fitted.rows,
+            flagged_slices=fitted.flagged,
+            warnings=fitted.warnings,
+            model_sha256=model_sha,
+            model_content_sha256=content_sha,
+            model_card="model_card.md",
+            elapsed_s=0.0,
+        )
 
 
 def train_tabular(settings: Settings, config: TrainingConfig) -> TrainingResult:

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rag.answering.pipeline import ABSTAIN_ANSWER, QueryResponse
+from rag.ml.query_log import read_query_log
 
 Client = Callable[..., TestClient]
 
@@ -29,6 +30,10 @@ def test_answers_with_citation_to_the_right_document(make_client: Client) -> Non
     assert body["citations"] and body["citations"][0]["doc_id"] == "history/rosetta_stone.html"
     cited = {c["index"] for c in body["citations"] if c["cited_in_answer"]}
     assert cited and all(f"[{n}]" in body["answer"] for n in cited)
+    for citation in body["citations"]:  # each carries its supporting quote, an exact span of the chunk text
+        quote = citation["quote"]
+        assert quote and citation["text"][quote["start"] : quote["end"]] == quote["text"]
+    assert body["confidence_meaning"]
     assert 0.5 < body["confidence"] <= 1
     info = client.get("/v1/info").json()
     assert body["versions"] == info["versions"] and body["versions"]["index"]
@@ -106,6 +111,12 @@ def test_query_log_and_metrics(make_client: Client, sample_data_dir: Path) -> No
     assert logged["question"] is None and len(logged["question_hash"]) == 64  # hashed by default
     assert len(logged["query_embedding"]) == 384 and logged["top_score"] > 0.3
     assert by_id[abstained["request_id"]]["abstained"] is True
+    # the lines the API writes are the records `rag drift` reads: one contract, QueryLogRecord
+    contents = read_query_log(sample_data_dir / "logs" / "queries.jsonl")
+    assert contents.malformed == 0
+    records = {record.request_id: record for record in contents.records}
+    assert records[answered["request_id"]].versions.config == answered["versions"]["config"]
+    assert records[abstained["request_id"]].abstain_reason == abstained["abstain_reason"]
     metrics = client.get("/metrics").text
     assert 'rag_http_requests_total{method="POST",route="/v1/query",status="200"}' in metrics
     assert 'rag_answers_total{outcome="weak_retrieval"}' in metrics

@@ -113,3 +113,71 @@ def test_discover_relative_ids_skips_hidden_and_reports_unsupported(tmp_path: Pa
     found, ignored = discover(tmp_path)
     assert [(f.doc_id, f.format) for f in found] == [("a.md", "md"), ("sub/b.TXT", "txt")]
     assert ignored == [str(tmp_path / "image.png")]
+
+
+def test_markdown_headings_become_section_paths(tmp_path: Path) -> None:
+    path = tmp_path / "bees.md"
+    path.write_text(
+        "# Honeybees\n\nIntro.\n\n## The waggle dance\n\nA forager tells others where food is.\n\n"
+        "```python\n# not a heading\n```\n\n### Distance\n\nThe run's length.\n\n## Swarming\n\nColonies split.\n"
+    )
+    doc = load_file(source(path, tmp_path, "md"), 10_000)
+    paths = [p for _, p in doc.sections]
+    assert paths == [
+        "Honeybees",
+        "Honeybees › The waggle dance",
+        "Honeybees › The waggle dance › Distance",
+        "Honeybees › Swarming",  # a level-2 heading closes the level-3 one
+    ]
+    assert doc.section_at(doc.text.index("A forager")) == "Honeybees › The waggle dance"
+    assert doc.section_at(doc.text.index("# not a heading")) == "Honeybees › The waggle dance"
+    assert doc.section_at(doc.text.index("Colonies split")) == "Honeybees › Swarming"
+    for offset, path_ in doc.sections:  # each offset is where its heading line starts
+        assert doc.text[offset:].startswith("#") and path_.rsplit(" › ", 1)[-1] in doc.text[offset:].split("\n")[0]
+
+
+def test_html_headings_become_section_paths_with_exact_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "reef.html"
+    path.write_text(
+        "<html><head><title>Reefs</title></head><body><nav><h2>Menu</h2></nav><main>"
+        "<h1>Coral <em>reefs</em></h1><p>Intro text.</p><h2>Types</h2><p>Fringing reefs.</p>"
+        "<h3>Atolls</h3><p>Rings of coral.</p><h2>Threats</h2><p>Warm water bleaches coral.</p></main></body></html>"
+    )
+    doc = load_file(source(path, tmp_path, "html"), 10_000)
+    assert "\ue000" not in doc.text and "\ue001" not in doc.text
+    assert [p for _, p in doc.sections] == [
+        "Coral reefs", "Coral reefs › Types", "Coral reefs › Types › Atolls", "Coral reefs › Threats"
+    ]  # the <nav> heading was boilerplate and is gone
+    assert [doc.text[o : o + 6] for o, _ in doc.sections] == ["Coral ", "Types\n", "Atolls", "Threat"]
+    assert doc.section_at(doc.text.index("Rings of coral")) == "Coral reefs › Types › Atolls"
+    assert doc.section_at(doc.text.index("Warm water")) == "Coral reefs › Threats"
+
+
+def test_pdf_outline_becomes_section_paths(tmp_path: Path) -> None:
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    path = tmp_path / "vaccines.pdf"
+    pdf = canvas.Canvas(str(path), pagesize=A4)
+    pages = [("Vaccines", "Vaccines train the immune system."), ("History", "Jenner tested a smallpox vaccine."),
+             ("Safety", "Trials check that vaccines are safe.")]
+    for number, (heading, body) in enumerate(pages):
+        pdf.drawString(72, 760, heading)
+        pdf.drawString(72, 740, body)
+        pdf.bookmarkPage(f"p{number}")
+        pdf.addOutlineEntry(heading, f"p{number}", level=0 if number == 0 else 1)
+        pdf.showPage()
+    pdf.save()
+    doc = load_file(source(path, tmp_path, "pdf"), 100_000)
+    assert [p for _, p in doc.sections] == ["Vaccines", "Vaccines › History", "Vaccines › Safety"]
+    assert doc.section_at(doc.text.index("Jenner")) == "Vaccines › History"
+    assert doc.section_at(doc.text.index("Trials")) == "Vaccines › Safety"
+    assert doc.text[doc.sections[1][0] :].startswith("History")
+
+
+def test_formats_without_headings_have_no_sections(tmp_path: Path) -> None:
+    path = tmp_path / "plain.txt"
+    path.write_text("# not markdown\n\nJust text.\n")
+    assert load_file(source(path, tmp_path, "txt"), 10_000).sections == ()
+    pdf = write_pdf(tmp_path / "flat.pdf", "Flat", ["No outline here."])
+    assert load_file(source(pdf, tmp_path, "pdf"), 100_000).sections == ()

@@ -51,6 +51,9 @@ class GeneratedAnswer:
     cached_tokens: int | None = None
     first_token_seconds: float | None = None
     inferred_citations: list[int] = field(default_factory=list)
+    # (token, logprob) of each generated token as the backend returned them (None: not reported, or no LLM);
+    # their texts join to the raw completion, of which ``text`` is the stripped form
+    logprobs: list[tuple[str, float]] | None = None
 
     @property
     def cited_contexts(self) -> list[Context]:
@@ -128,6 +131,7 @@ class Answerer:
             cached_tokens=usage.cached_tokens if usage else None,
             first_token_seconds=usage.first_token_seconds if usage else None,
             inferred_citations=inferred,
+            logprobs=usage.logprobs if usage else None,
         )
 
     def _run(self, question: str, contexts: Sequence[Context]) -> Generator[str, None, GeneratedAnswer]:

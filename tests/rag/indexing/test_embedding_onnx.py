@@ -1,5 +1,6 @@
-"""The optional ONNX Runtime int8 encoder (RAG_EMBEDDING_BACKEND=onnx-int8): exported locally, close to fp32,
-and a distinct vector identity so that switching backends re-embeds."""
+"""The optional ONNX Runtime int8 export of all-MiniLM-L6-v2 (RAG_EMBEDDING_MODEL=all-MiniLM-L6-v2,
+RAG_EMBEDDING_BACKEND=onnx-int8): exported locally, close to fp32, and a distinct vector identity so that switching
+backends re-embeds."""
 
 from __future__ import annotations
 
@@ -26,7 +27,17 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def onnx_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("onnx"), embedding_backend="onnx-int8")
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("onnx"), embedding_model="all-MiniLM-L6-v2", embedding_backend="onnx-int8"
+    )
+
+
+@pytest.fixture(scope="module")
+def minilm_torch(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    """The fp32 reference: the bundled all-MiniLM-L6-v2 with sentence-transformers (no longer the default)."""
+    model = Embedder(Settings(data_dir=tmp_path_factory.mktemp("minilm"), embedding_model="all-MiniLM-L6-v2"))
+    _ = model.model
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +47,8 @@ def onnx_embedder(onnx_settings: Settings) -> Embedder:
     return model
 
 
-def test_int8_vectors_stay_close_to_fp32(onnx_embedder: Embedder, embedder: Embedder) -> None:
+def test_int8_vectors_stay_close_to_fp32(onnx_embedder: Embedder, minilm_torch: Embedder) -> None:
+    embedder = minilm_torch
     int8, fp32 = onnx_embedder.embed(TEXTS), embedder.embed(TEXTS)
     assert int8.shape == fp32.shape == (len(TEXTS), 384) and int8.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
@@ -58,8 +70,9 @@ def test_a_texts_vector_does_not_depend_on_the_texts_beside_it(onnx_embedder: Em
 
 
 def test_export_is_cached_and_identity_names_the_backend(
-    onnx_embedder: Embedder, onnx_settings: Settings, embedder: Embedder
+    onnx_embedder: Embedder, onnx_settings: Settings, minilm_torch: Embedder
 ) -> None:
+    embedder = minilm_torch
     model_file = onnx_embedder.onnx_dir / "model.int8.onnx"
     stamp = model_file.stat().st_mtime_ns
     again = Embedder(onnx_settings)
@@ -71,8 +84,9 @@ def test_export_is_cached_and_identity_names_the_backend(
 
 
 def test_switching_backend_re_embeds_on_the_next_ingest(
-    onnx_embedder: Embedder, onnx_settings: Settings, embedder: Embedder
+    onnx_embedder: Embedder, onnx_settings: Settings, minilm_torch: Embedder
 ) -> None:
+    embedder = minilm_torch
     corpus = SAMPLES / "corpus" / "science"
 
     def ingest(settings: Settings, model: Embedder) -> IngestionSummary:

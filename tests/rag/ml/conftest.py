@@ -3,7 +3,6 @@ query logs built from real all-MiniLM-L6-v2 embeddings of questions on two unrel
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -15,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rag.hashing import sha256_text
 from rag.indexing.embedding import Embedder
+from rag.ml.query_log import QueryLogRecord
 from rag.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -83,26 +84,24 @@ def questions(spec: dict[str, list[str]], n: int, seed: int) -> list[str]:
 def query_records(
     texts: list[str], vectors: np.ndarray, corpus: np.ndarray, *, start: datetime, model: str = "all-MiniLM-L6-v2"
 ) -> list[dict[str, Any]]:
-    """Query-log lines as the API writes them; top score = best cosine against the corpus."""
+    """Query-log lines in the API's record format (``QueryLogRecord``); top score = best cosine to the corpus."""
     lines = []
     for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
         top = float(np.max(corpus @ vector))
-        lines.append(
-            {
-                "ts": (start + timedelta(minutes=i)).isoformat(),
-                "request_id": f"r{i}",
-                "question_hash": hashlib.sha256(text.encode()).hexdigest(),
-                "question": None,
-                "question_chars": len(text),
-                "mode": "hybrid",
-                "top_score": top,
-                "abstained": top < MIN_RELEVANCE,
-                "confidence": max(0.0, top),
-                "latency_ms": {"retrieval": 5.0, "generation": 800.0, "total": 805.0},
-                "versions": {"index": "idx1", "embedding_model": model, "generator": "g", "prompt": "p1"},
-                "query_embedding": [round(float(x), 6) for x in vector],
-            }
+        record = QueryLogRecord(
+            ts=start + timedelta(minutes=i),
+            request_id=f"r{i}",
+            question_hash=sha256_text(text),
+            question_chars=len(text),
+            mode="hybrid",
+            top_score=top,
+            abstained=top < MIN_RELEVANCE,
+            confidence=max(0.0, top),
+            latency_ms={"retrieval": 5.0, "generation": 800.0, "total": 805.0},  # type: ignore[arg-type]
+            versions={"index": "idx1", "embedding_model": model, "generator": "g", "prompt": "p1"},  # type: ignore[arg-type]
+            query_embedding=[round(float(x), 6) for x in vector],
         )
+        lines.append(record.model_dump(mode="json"))
     return lines
 
 

@@ -16,14 +16,13 @@ from rag.cli import app
 from rag.errors import InvalidInputError
 from rag.ml.drift_report import latest_drift_status
 from rag.ml.query_drift import (
-    QueryRecord,
     compare_query_windows,
     domain_classifier_test,
     parse_interval,
     query_log_drift,
-    read_query_log,
     select_count_windows,
 )
+from rag.ml.query_log import QueryLogRecord, read_query_log
 from rag.settings import Settings
 
 START = datetime(2025, 3, 1, tzinfo=UTC)  # the first record's time in the ``query_logs`` fixture
@@ -35,8 +34,8 @@ def logs(query_logs: dict[str, Any]) -> dict[str, Any]:
     return query_logs
 
 
-def _records(lines: list[dict[str, Any]]) -> list[QueryRecord]:
-    return [QueryRecord.model_validate(line) for line in lines]
+def _records(lines: list[dict[str, Any]]) -> list[QueryLogRecord]:
+    return [QueryLogRecord.model_validate(line) for line in lines]
 
 
 def test_another_topic_is_drift(logs: dict[str, list[dict[str, Any]]]) -> None:

@@ -20,12 +20,12 @@ from rag.answering.generation.backends import (
     LocalBackend,
     assemble_default_model,
     assemble_parts,
-    file_sha256,
     make_backend,
     smollm2_path,
 )
 from rag.answering.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER
 from rag.errors import ConfigError, GenerationTimeoutError, ModelError
+from rag.hashing import file_sha256
 from rag.settings import Settings
 
 STORY = [{"role": "user", "content": "Write one sentence about a lighthouse keeper."}]

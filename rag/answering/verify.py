@@ -1,0 +1,623 @@
+"""Answer verification: every sentence of a generated answer checked against the sources it cites.
+
+A 1.5B model cites sources it was not shown, forgets ``[n]``, and copies a date from the wrong event. This step
+catches that after generation, offline and cheaply (regexes, word sets and one batched cross-encoder call).
+
+Per answer sentence (split like the sources, a trailing bare ``[n]`` joined to the sentence before it):
+
+1. **Citation.** It must carry at least one ``[n]`` that maps to a source it was shown, and no ``[n]`` that does
+   not (an invalid number fails the sentence; it is never dropped silently). A sentence without content words
+   ("Sure.") needs none. **Repair rule** (``verify_repair``): an uncited sentence gets ``[k]`` when source ``k`` is
+   the only shown source that contains all its numbers and named entities and at least ``repair_min_overlap`` of
+   its content words (several such sources: the one the answer cites elsewhere, if exactly one is); counted in
+   ``n_repaired``.
+2. **Numbers** (digits with thousands separators, decimals, percentages, ordinals, years and the words
+   "two" to "ninety-nine", "hundred", "thousand", "million", "billion"; "one" is too often a pronoun) must all
+   occur in the cited chunks' text: "1,200" = "1200" = "1.2 thousand", "forty-nine" = "49".
+3. **Named entities** (capitalised words not opening the sentence, runs of them, acronyms) must occur in the
+   cited text, word by word, case-insensitively (a possessive "'s" is ignored).
+4. **Overlap**: the share of the sentence's content words (``sentences.terms``) found in the cited text must be at
+   least ``verify_min_overlap``.
+5. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
+   quote) and the mean/min token log-probability of the sentence's span.
+
+A sentence is **supported** when 1-4 pass (and, if ``verify_min_cross_encoder`` is set, its cross-encoder logit
+reaches it). The **supporting quote** of each citation is the exact span of the chunk text as stored (``start``,
+``end``; ``text == chunk[start:end]``): the chunk sentence that shares the most content words, numbers and
+entities with the answer sentence, extended to the sentence after or before it when that covers numbers or
+entities the first one misses.
+
+Policy (``unsupported_policy``): ``abstain`` makes the whole answer abstain when any sentence fails; ``cut``
+keeps the supported sentences (and abstains when none is left). The verdict says which happened.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from rag.answering.generation.answerer import GeneratedAnswer
+from rag.answering.generation.citations import parse_citations
+from rag.answering.generation.sentences import terms
+from rag.settings import Settings
+
+Verdict = Literal["supported", "cut", "uncited", "unsupported", "empty"]
+Policy = Literal["abstain", "cut"]
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_CITATION_MARK = re.compile(
+    r"\[\s*(?:(?:sources?|context|doc(?:ument)?s?|ref)\s*#?\s*)?\d{1,4}(?:\s*(?:[-–]|,|;|and)\s*\d{1,4})*\s*\]",
+    re.IGNORECASE,
+)
+_ONLY_CITATIONS = re.compile(rf"^(?:\s*{_CITATION_MARK.pattern}\s*)+[.!?]?\s*$", re.IGNORECASE)
+_LEADING_CITATIONS = re.compile(rf"(?:{_CITATION_MARK.pattern}\s*)+", re.IGNORECASE)
+_DIGITS = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:st|nd|rd|th|s)?(?![\w])")
+_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+_UNITS += "seventeen eighteen nineteen"
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety"
+WORD_VALUES = {w: i for i, w in enumerate(_UNITS.split())} | {w: 20 + 10 * i for i, w in enumerate(_TENS.split())}
+SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
+_WORD_NUMBER = re.compile(
+    rf"\b(?:({'|'.join(_TENS.split())})(?:[-\s]({'|'.join(_UNITS.split()[1:10])}))?|({'|'.join(_UNITS.split())}))\b",
+    re.IGNORECASE,
+)
+_SCALE_AFTER = re.compile(r"^\s*(hundred|thousand|million|billion)\b", re.IGNORECASE)
+_CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]+(?:['’]s)?|[A-Z]{2,}[a-z]?s?|[A-Z]\.)(?=\W|$)")
+_WORD = re.compile(r"[A-Za-z0-9]+")
+ENTITY_STOPWORDS = frozenset(
+    {"I", "A", "An", "The", "This", "That", "These", "Those", "It", "Its", "In", "On", "At", "Of", "For", "And"}
+    | {"But", "Or", "If", "When", "Yes", "No"}
+)
+
+
+class Quote(BaseModel):
+    """The exact span of the chunk text (as stored) that supports a cited sentence: ``chunk[start:end] == text``."""
+
+    text: str
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class PairScorer(Protocol):
+    """What the verifier needs from ``rag.answering.rerank.CrossEncoder``: raw logits for text pairs."""
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+
+
+# ------------------------------------------------------------------------------------------ text features
+
+
+def spans(text: str) -> list[tuple[int, int]]:
+    """Sentence spans (start, end) of ``text``, split like ``sentences.split_sentences`` (lines, then ends)."""
+    found: list[tuple[int, int]] = []
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        cursor = 0
+        for match in [*_SENTENCE_END.finditer(line), None]:
+            end = match.start() if match else len(line)
+            piece = line[cursor:end]
+            if piece.strip():
+                lead = len(piece) - len(piece.lstrip())
+                found.append((offset + cursor + lead, offset + cursor + len(piece.rstrip())))
+            cursor = match.end() if match else cursor
+        offset += len(line)
+    return found
+
+
+def answer_spans(text: str) -> list[tuple[int, int]]:
+    """Answer sentences. Citations that open a piece after a sentence end ("Mainz. [1] He died...") belong to the
+    sentence before them, and a piece that is only citations is joined to it."""
+    merged: list[tuple[int, int]] = []
+    for start, end in spans(text):
+        if merged and _ONLY_CITATIONS.match(text[start:end]):
+            merged[-1] = (merged[-1][0], end)
+            continue
+        lead = _LEADING_CITATIONS.match(text, start, end)
+        if merged and lead and lead.end() > start:
+            merged[-1] = (merged[-1][0], start + len(text[start : lead.end()].rstrip()))
+            start = lead.end()
+        merged.append((start, end))
+    return merged
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def numbers(text: str) -> list[set[str]]:
+    """Each number mentioned, as the set of its accepted normalised values ("1.2 million" -> {1.2, 1200000})."""
+    text = _CITATION_MARK.sub(" ", text)
+    found: list[set[str]] = []
+    for match in _DIGITS.finditer(text):
+        value = float(match.group(1).replace(",", ""))
+        forms = {_fmt(value)}
+        scale = _SCALE_AFTER.match(text[match.end() :])
+        if scale:
+            forms.add(_fmt(value * SCALES[scale.group(1).lower()]))
+        found.append(forms)
+    for match in _WORD_NUMBER.finditer(text):
+        words = [w.lower() for w in match.groups() if w]
+        if words == ["one"] or words == ["zero"]:
+            continue  # "one of the ..." is a pronoun far more often than a count
+        value = float(sum(WORD_VALUES[w] for w in words))
+        scale = _SCALE_AFTER.match(text[match.end() :])
+        found.append({_fmt(value * SCALES[scale.group(1).lower()])} if scale else {_fmt(value)})
+    return found
+
+
+def number_values(text: str) -> set[str]:
+    """Every normalised value a text mentions, for membership tests."""
+    return {form for forms in numbers(text) for form in forms}
+
+
+def entities(sentence: str) -> list[str]:
+    """Capitalised names (runs of capitalised words) and acronyms, not counting the sentence's first word."""
+    clean = _CITATION_MARK.sub(" ", sentence)
+    first = _WORD.search(clean)
+    skip = first.start() if first else -1
+    runs: list[list[str]] = []
+    last_end = -2
+    for match in _CAPITALISED.finditer(clean):
+        word = re.sub(r"['’]s$", "", match.group(0)).rstrip(".")
+        if match.start() == skip or word in ENTITY_STOPWORDS or not word:
+            continue
+        if runs and clean[last_end : match.start()].strip() == "":
+            runs[-1].append(word)
+        else:
+            runs.append([word])
+        last_end = match.end()
+    return [" ".join(run) for run in runs]
+
+
+def entity_found(entity: str, text_words: set[str]) -> bool:
+    return all(word.lower() in text_words for word in _WORD.findall(entity))
+
+
+def words_of(text: str) -> set[str]:
+    """Lower-cased words, possessives dropped: the vocabulary entities are looked up in."""
+    return {w.lower() for w in _WORD.findall(re.sub(r"['’]s\b", "", text))}
+
+
+def content_terms(sentence: str) -> set[str]:
+    return terms(_CITATION_MARK.sub(" ", sentence))
+
+
+# Words of sentences that state nothing ("Sure!", "Here is the answer:", "According to the sources:")
+FILLER_TERMS = frozenset(
+    terms("sure certainly okay ok here answer according based following provided given source document context")
+)
+
+
+def is_claim(sentence: str) -> bool:
+    """A sentence with numbers or content words beyond filler states something and needs a citation."""
+    return bool(content_terms(sentence) - FILLER_TERMS or numbers(sentence))
+
+
+# ------------------------------------------------------------------------------------------ records
+
+
+@dataclass
+class SentenceCheck:
+    """One answer sentence: where it is in the answer, what it cites, and each check's outcome."""
+
+    text: str
+    start: int
+    end: int
+    cited: list[int]
+    invalid: list[int]
+    repaired: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    needs_citation: bool = True
+    numbers_missing: list[str] = field(default_factory=list)
+    n_numbers: int = 0
+    entities_missing: list[str] = field(default_factory=list)
+    n_entities: int = 0
+    overlap: float = 0.0
+    cross_encoder: float | None = None
+    logprob_mean: float | None = None
+    logprob_min: float | None = None
+    quotes: dict[int, Quote] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def citations(self) -> list[int]:
+        return [*self.cited, *self.repaired]
+
+    @property
+    def supported(self) -> bool:
+        return not self.failures
+
+    @property
+    def citation_failure(self) -> bool:
+        return any(f in ("no_citation", "invalid_citation") for f in self.failures)
+
+    def final_text(self) -> str:
+        """The sentence as returned: a repaired citation is written into it, before the closing punctuation."""
+        if not self.repaired:
+            return self.text
+        marks = "".join(f"[{n}]" for n in self.repaired)
+        body = self.text.rstrip()
+        if self.dropped:  # a misattributed citation: its [n] is replaced, never left beside the right one
+            body = re.sub(r"\s+([.!?])", r"\1", _CITATION_MARK.sub("", body)).rstrip()
+        if body and body[-1] in ".!?":
+            return f"{body[:-1].rstrip()} {marks}{body[-1]}"
+        return f"{body} {marks}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["quotes"] = {str(k): q.model_dump() for k, q in self.quotes.items()}
+        data["supported"] = self.supported
+        return data
+
+
+@dataclass
+class VerificationReport:
+    """Per-sentence checks, answer-level features (floats, for the calibration model) and the verdict.
+
+    ``final_text`` is the answer to return (the supported sentences under ``cut``, repaired citations written in);
+    ``None`` when the answer must abstain. ``citations`` are the source numbers ``final_text`` cites, with the
+    quote of the first sentence citing each.
+    """
+
+    sentences: list[SentenceCheck]
+    features: dict[str, float]
+    verdict: Verdict
+    policy: Policy
+    final_text: str | None
+    quotes: dict[int, Quote]
+    seconds: float
+
+    @property
+    def abstain_reason(self) -> Literal["uncited", "unsupported"] | None:
+        if self.final_text is not None:
+            return None
+        return "unsupported" if self.verdict == "unsupported" else "uncited"
+
+    @property
+    def citations(self) -> list[int]:
+        return sorted(self.quotes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "policy": self.policy,
+            "final_text": self.final_text,
+            "features": dict(self.features),
+            "sentences": [s.to_dict() for s in self.sentences],
+            "quotes": {str(k): q.model_dump() for k, q in self.quotes.items()},
+            "seconds": self.seconds,
+        }
+
+
+# ------------------------------------------------------------------------------------------ sources
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A cited chunk's full text and the features of each of its sentences, computed once per answer."""
+
+    index: int
+    text: str
+    words: set[str]
+    terms: set[str]
+    numbers: set[str]
+    spans: list[tuple[int, int]]
+    span_terms: list[set[str]]
+    span_numbers: list[set[str]]
+    span_words: list[set[str]]
+
+    @classmethod
+    def of(cls, index: int, text: str) -> _Source:
+        found = spans(text) or [(0, len(text))]
+        pieces = [text[a:b] for a, b in found]
+        return cls(
+            index=index,
+            text=text,
+            words=words_of(text),
+            terms=terms(text),
+            numbers=number_values(text),
+            spans=found,
+            span_terms=[terms(p) for p in pieces],
+            span_numbers=[number_values(p) for p in pieces],
+            span_words=[words_of(p) for p in pieces],
+        )
+
+    def covers(self, wanted: _Wanted, min_overlap: float) -> bool:
+        """All numbers and entities here, and at least ``min_overlap`` of the content words (repair rule)."""
+        return (
+            all(forms & self.numbers for forms in wanted.numbers)
+            and all(entity_found(e, self.words) for e in wanted.entities)
+            and (not wanted.terms or len(wanted.terms & self.terms) / len(wanted.terms) >= min_overlap)
+        )
+
+    def quote(self, wanted: _Wanted) -> Quote:
+        """The best-supporting sentence, extended by a neighbour that holds numbers or entities it lacks."""
+
+        def gain(k: int) -> float:
+            hits_terms = len(wanted.terms & self.span_terms[k]) / max(len(wanted.terms), 1)
+            hits_numbers = sum(bool(forms & self.span_numbers[k]) for forms in wanted.numbers)
+            hits_entities = sum(entity_found(e, self.span_words[k]) for e in wanted.entities)
+            return hits_terms + hits_numbers + hits_entities
+
+        best = max(range(len(self.spans)), key=lambda k: (gain(k), -k))
+        start, end = self.spans[best]
+        missing = _Wanted(
+            terms=set(),
+            numbers=[f for f in wanted.numbers if not f & self.span_numbers[best]],
+            entities=[e for e in wanted.entities if not entity_found(e, self.span_words[best])],
+        )
+        if missing.numbers or missing.entities:
+            for k in (best + 1, best - 1):
+                if 0 <= k < len(self.spans) and gain_of(missing, self, k) > 0:
+                    start, end = min(start, self.spans[k][0]), max(end, self.spans[k][1])
+                    break
+        return Quote(text=self.text[start:end], start=start, end=end)
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What an answer sentence claims: content words, numbers (each a set of accepted forms), entities."""
+
+    terms: set[str]
+    numbers: list[set[str]]
+    entities: list[str]
+
+    @classmethod
+    def of(cls, sentence: str) -> _Wanted:
+        return cls(terms=content_terms(sentence), numbers=numbers(sentence), entities=entities(sentence))
+
+
+def gain_of(missing: _Wanted, source: _Source, k: int) -> int:
+    return sum(bool(f & source.span_numbers[k]) for f in missing.numbers) + sum(
+        entity_found(e, source.span_words[k]) for e in missing.entities
+    )
+
+
+def token_spans(generated: GeneratedAnswer) -> list[tuple[int, int, float]] | None:
+    """(start, end, logprob) of each generated token in ``generated.text``; None when they do not line up."""
+    if not generated.logprobs:
+        return None
+    raw = "".join(token for token, _ in generated.logprobs)
+    if raw.strip() != generated.text:
+        return None
+    position = -(len(raw) - len(raw.lstrip()))
+    located = []
+    for token, logprob in generated.logprobs:
+        located.append((position, position + len(token), logprob))
+        position += len(token)
+    return located
+
+
+# ------------------------------------------------------------------------------------------ the step
+
+
+class AnswerVerifier:
+    """Checks a ``GeneratedAnswer`` against the full texts of the chunks it was shown (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy = "abstain",
+        min_overlap: float = 0.5,
+        repair: bool = True,
+        repair_min_overlap: float = 0.6,
+        min_cross_encoder: float | None = None,
+        encoder: PairScorer | None = None,
+    ) -> None:
+        if policy not in ("abstain", "cut"):
+            raise ValueError(f"unsupported_policy must be 'abstain' or 'cut', not {policy!r}")
+        self.policy: Policy = policy
+        self.min_overlap = min_overlap
+        self.repair = repair
+        self.repair_min_overlap = repair_min_overlap
+        self.min_cross_encoder = min_cross_encoder
+        self.encoder = encoder
+
+    @classmethod
+    def from_settings(cls, settings: Settings, encoder: PairScorer | None = None) -> AnswerVerifier:
+        """``encoder``: the retriever's cross-encoder, shared (ignored when ``verify_cross_encoder`` is off)."""
+        return cls(
+            policy=settings.unsupported_policy,
+            min_overlap=settings.verify_min_overlap,
+            repair=settings.verify_repair,
+            repair_min_overlap=settings.verify_repair_min_overlap,
+            min_cross_encoder=settings.verify_min_cross_encoder,
+            encoder=encoder if settings.verify_cross_encoder else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "min_overlap": self.min_overlap,
+            "repair": self.repair,
+            "repair_min_overlap": self.repair_min_overlap,
+            "min_cross_encoder": self.min_cross_encoder,
+            "cross_encoder": self.encoder.to_dict() if hasattr(self.encoder, "to_dict") else None,
+        }
+
+    def verify(self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str]) -> VerificationReport:
+        """``chunk_texts``: chunk id -> full chunk text as stored (quotes are offsets into it)."""
+        return self.run(generated, chunk_texts)
+
+    def run(self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str]) -> VerificationReport:
+        started = time.perf_counter()
+        text = generated.text
+        sources = {c.index: _Source.of(c.index, chunk_texts.get(c.chunk_id, c.text)) for c in generated.contexts}
+        checks = [self._check(text[a:b], a, b, sources) for a, b in answer_spans(text)]
+        cited_elsewhere = {n for c in checks for n in c.cited}
+        for check in checks:
+            if self.repair and check.needs_citation and not check.cited and not check.invalid:
+                check.repaired = self._repair(check, sources, cited_elsewhere, exclude=set())
+            self._support(check, sources)
+            if self.repair and check.failures and check.cited and not check.citation_failure:
+                moved = self._repair(check, sources, cited_elsewhere, exclude=set(check.cited))
+                if moved:  # the claim is in exactly one other shown source: cite that one instead
+                    check.dropped, check.cited, check.repaired = check.cited, [], moved
+                    self._support(check, sources)
+        self._score_pairs(checks)
+        self._logprobs(checks, generated)
+        for check in checks:
+            threshold = self.min_cross_encoder
+            if threshold is not None and check.cross_encoder is not None and check.cross_encoder < threshold:
+                check.failures.append("low_cross_encoder")
+        verdict, final = self._decide(text, checks)
+        quotes: dict[int, Quote] = {}
+        kept = [c for c in checks if c.supported] if final is not None else []
+        for check in kept:
+            for n in check.citations:
+                quotes.setdefault(n, check.quotes[n])
+        return VerificationReport(
+            sentences=checks,
+            features=answer_features(checks, generated, self.encoder is not None),
+            verdict=verdict,
+            policy=self.policy,
+            final_text=final,
+            quotes=quotes,
+            seconds=time.perf_counter() - started,
+        )
+
+    @staticmethod
+    def _check(sentence: str, start: int, end: int, sources: Mapping[int, _Source]) -> SentenceCheck:
+        numbers_cited = parse_citations(sentence)
+        wanted = _Wanted.of(sentence)
+        return SentenceCheck(
+            text=sentence,
+            start=start,
+            end=end,
+            cited=[n for n in numbers_cited if n in sources],
+            invalid=[n for n in numbers_cited if n not in sources],
+            needs_citation=is_claim(sentence),
+            n_numbers=len(wanted.numbers),
+            n_entities=len(wanted.entities),
+        )
+
+    def _repair(
+        self, check: SentenceCheck, sources: Mapping[int, _Source], cited_elsewhere: set[int], exclude: set[int]
+    ) -> list[int]:
+        """The documented repair rule: the one shown source (outside ``exclude``) that covers the sentence (several:
+        the one the answer cites elsewhere, if exactly one is); empty when there is none or it is ambiguous."""
+        wanted = _Wanted.of(check.text)
+        covering = [
+            n for n, source in sources.items() if n not in exclude and source.covers(wanted, self.repair_min_overlap)
+        ]
+        if len(covering) > 1:
+            covering = [n for n in covering if n in cited_elsewhere]
+        return covering if len(covering) == 1 else []
+
+    def _support(self, check: SentenceCheck, sources: Mapping[int, _Source]) -> None:
+        check.failures, check.numbers_missing, check.entities_missing, check.quotes = [], [], [], {}
+        check.overlap = 0.0
+        if check.invalid:
+            check.failures.append("invalid_citation")
+        if not check.needs_citation:
+            return
+        if not check.citations:
+            check.failures.append("no_citation")
+            return
+        wanted = _Wanted.of(check.text)
+        cited = [sources[n] for n in check.citations]
+        known_numbers = set().union(*(s.numbers for s in cited))
+        known_words = set().union(*(s.words for s in cited))
+        known_terms = set().union(*(s.terms for s in cited))
+        check.numbers_missing = [sorted(forms)[0] for forms in wanted.numbers if not forms & known_numbers]
+        check.entities_missing = [e for e in wanted.entities if not entity_found(e, known_words)]
+        check.overlap = len(wanted.terms & known_terms) / len(wanted.terms) if wanted.terms else 1.0
+        check.quotes = {s.index: s.quote(wanted) for s in cited}
+        if check.numbers_missing:
+            check.failures.append("number_not_in_source")
+        if check.entities_missing:
+            check.failures.append("entity_not_in_source")
+        if check.overlap < self.min_overlap:
+            check.failures.append("low_overlap")
+
+    def _score_pairs(self, checks: Sequence[SentenceCheck]) -> None:
+        """One batched cross-encoder call: (answer sentence, quote) for every citation; a sentence keeps its best."""
+        if self.encoder is None:
+            return
+        pairs = [
+            (k, _CITATION_MARK.sub("", c.text).strip(), q.text) for k, c in enumerate(checks) for q in c.quotes.values()
+        ]
+        if not pairs:
+            return
+        logits = self.encoder.score([(a, b) for _, a, b in pairs])
+        for (k, _, _), logit in zip(pairs, logits, strict=True):
+            current = checks[k].cross_encoder
+            checks[k].cross_encoder = float(logit) if current is None else max(current, float(logit))
+
+    @staticmethod
+    def _logprobs(checks: Sequence[SentenceCheck], generated: GeneratedAnswer) -> None:
+        located = token_spans(generated)
+        if located is None:
+            return
+        for check in checks:
+            values = [lp for a, b, lp in located if a < check.end and b > check.start and b > a]
+            if values:
+                check.logprob_mean = round(statistics.fmean(values), 6)
+                check.logprob_min = round(min(values), 6)
+
+    def _decide(self, text: str, checks: Sequence[SentenceCheck]) -> tuple[Verdict, str | None]:
+        """The verdict and the text to return (None: abstain) under the policy."""
+        claims = [c for c in checks if c.needs_citation]
+        failing = [c for c in checks if not c.supported]
+        if not claims:
+            return "empty", None
+        if not failing:
+            repaired = any(c.repaired for c in checks)
+            return "supported", (_join(text, checks) if repaired else text)
+        reason: Verdict = "uncited" if any(c.citation_failure for c in failing) else "unsupported"
+        if self.policy == "cut" and any(c.supported for c in claims):
+            return "cut", _join(text, [c for c in checks if c.supported])
+        return reason, None
+
+
+def _join(text: str, kept: Sequence[SentenceCheck]) -> str:
+    """Kept sentences in order, separated by a newline where the original had one between them, else a space."""
+    out = ""
+    previous_end: int | None = None
+    for check in kept:
+        if previous_end is not None:
+            out += "\n" if "\n" in text[previous_end : check.start] else " "
+        out += check.final_text()
+        previous_end = check.end
+    return out
+
+
+def answer_features(checks: Sequence[SentenceCheck], generated: GeneratedAnswer, scored: bool) -> dict[str, float]:
+    """Answer-level floats for the calibration model; a feature that could not be measured is left out."""
+    claims = [c for c in checks if c.needs_citation]
+    n = len(claims)
+    features: dict[str, float] = {
+        "n_sentences": float(n),
+        "n_supported": float(sum(c.supported for c in claims)),
+        "frac_supported": sum(c.supported for c in claims) / n if n else 0.0,
+        "n_uncited": float(sum(not c.cited for c in claims)),
+        "n_invalid_citations": float(sum(len(c.invalid) for c in checks)),
+        "n_repaired": float(sum(bool(c.repaired) for c in checks)),
+        "n_cited_sources": float(len({k for c in checks for k in c.citations})),
+        "min_overlap": min((c.overlap for c in claims), default=0.0),
+        "mean_overlap": statistics.fmean(c.overlap for c in claims) if claims else 0.0,
+        "numbers_ok": float(all(not c.numbers_missing for c in claims)),
+        "n_numbers": float(sum(c.n_numbers for c in claims)),
+        "entities_ok": float(all(not c.entities_missing for c in claims)),
+        "n_entities": float(sum(c.n_entities for c in claims)),
+        "answer_chars": float(len(generated.text)),
+    }
+    scores = [c.cross_encoder for c in claims if c.cross_encoder is not None]
+    if scored and scores:
+        features["ce_min"] = min(scores)
+        features["ce_mean"] = statistics.fmean(scores)
+    if generated.logprobs:
+        values = [lp for _, lp in generated.logprobs]
+        features["lp_mean"] = statistics.fmean(values)
+        features["lp_min"] = min(values)
+        sentence_means = [c.logprob_mean for c in claims if c.logprob_mean is not None]
+        if sentence_means:
+            features["lp_sentence_min_mean"] = min(sentence_means)
+    return {k: round(float(v), 6) for k, v in features.items()}

@@ -1,0 +1,224 @@
+"""``rag calibrate``: the statistics (threshold bound, ECE/Brier, fits), labels, reproducibility, a tiny real run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.calibrate import FitConfig, assign_splits, fit_artifact
+from eval.calibration_data import CalibrationQuestion
+from eval.calibration_fit import (
+    brier,
+    clopper_pearson,
+    ece,
+    fit_isotonic,
+    fit_logistic,
+    reliability_table,
+    select_threshold,
+    stratified_split,
+)
+from eval.calibration_labels import is_correct
+from eval.datasets import EvalSample
+from rag.answering.calibration import NEVER_ANSWER, ConfidenceModel
+from tests.conftest import VENV_BIN
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_brier_and_ece_match_hand_computed_values() -> None:
+    p = np.array([0.15, 0.45, 0.85, 0.95])
+    y = np.array([0, 1, 1, 0])
+    assert brier(p, y) == pytest.approx((0.0225 + 0.3025 + 0.0225 + 0.9025) / 4)
+    # one item per bin: |acc - conf| = 0.15, 0.55, 0.15, 0.95
+    assert ece(p, y) == pytest.approx((0.15 + 0.55 + 0.15 + 0.95) / 4)
+    # two items sharing a bin pool: bin [0.8, 0.9) holds 0.82 and 0.88 (acc 0.5, mean conf 0.85) -> 0.35
+    assert ece(np.array([0.82, 0.88]), np.array([1, 0])) == pytest.approx(0.35)
+    table = reliability_table(np.array([0.82, 0.88, 1.0]), np.array([1, 0, 1]))
+    assert [(r["n"], r["correct"]) for r in table if r["n"]] == [(2, 1), (1, 1)]  # 1.0 falls in the last bin
+
+
+def test_clopper_pearson_known_values() -> None:
+    low, high = clopper_pearson(0, 10)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 10))
+    low, high = clopper_pearson(5, 10)
+    assert (round(low, 4), round(high, 4)) == (0.1871, 0.8129)
+
+
+def test_threshold_bound_holds_where_the_true_error_rate_is_known() -> None:
+    """P(wrong | confidence c) = 0.4 (1 - c) with c ~ U(0, 1): the true error among answered at threshold t is
+    0.2 (1 - t), so the target 0.05 needs t >= 0.75. Over many calibration sets the chosen threshold must keep the
+    true error <= target in >= 90% of them (delta = 0.1), where the naive empirical choice fails about half."""
+    target, delta, violations, naive_violations, chosen = 0.05, 0.1, 0, 0, []
+    for seed in range(120):
+        rng = np.random.default_rng(seed)
+        conf = rng.uniform(0, 1, 600)
+        wrong = rng.uniform(0, 1, 600) < 0.4 * (1 - conf)
+        result = select_threshold(conf, wrong, target, delta, NEVER_ANSWER)
+        t = result["threshold"]
+        chosen.append(t)
+        violations += t < 1 and 0.2 * (1 - t) > target
+        order = np.argsort(-conf)
+        running = np.cumsum(wrong[order]) / np.arange(1, 601)
+        naive = conf[order][np.flatnonzero(running <= target)[-1]]
+        naive_violations += 0.2 * (1 - naive) > target
+    assert violations / 120 <= delta
+    assert naive_violations / 120 >= 0.3  # the bound is what makes the difference
+    assert 0.75 <= float(np.median(chosen)) < 0.95  # and it still answers a useful share
+
+
+def test_threshold_is_never_answer_when_too_few_answers_could_certify_it() -> None:
+    conf = np.linspace(0.5, 1, 30)  # 30 answers, none wrong: (1 - 0.05)^30 = 0.21 > 0.1, nothing certifiable
+    result = select_threshold(conf, np.zeros(30, bool), 0.05, 0.1, NEVER_ANSWER)
+    assert result["threshold"] == NEVER_ANSWER and not result["feasible"] and result["n_min"] == 45
+    result = select_threshold(np.linspace(0.5, 1, 60), np.zeros(60, bool), 0.05, 0.1, NEVER_ANSWER)
+    assert result["feasible"] and result["threshold"] == 0.5 and result["errors"] == 0
+    assert select_threshold(conf, np.ones(30, bool), 1.0, 0.1, NEVER_ANSWER)["threshold"] == 0.0
+
+
+def test_logistic_and_isotonic_match_scikit_learn() -> None:
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 3))
+    y = (rng.uniform(size=200) < 1 / (1 + np.exp(-(x @ [1.5, -1.0, 0.0] + 0.3)))).astype(float)
+    coef, intercept = fit_logistic(x, y, l2=1.0)
+    reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(x, y)
+    assert np.allclose(coef, reference.coef_[0], atol=1e-5)
+    assert intercept == pytest.approx(reference.intercept_[0], abs=1e-5)
+    scores = rng.uniform(size=100)
+    labels = (rng.uniform(size=100) < scores).astype(float)
+    bx, by = fit_isotonic(scores, labels)
+    assert np.allclose(np.interp(scores, bx, by), IsotonicRegression().fit(scores, labels).predict(scores))
+    assert all(a <= b for a, b in itertools.pairwise(by))
+
+
+@dataclass(frozen=True)
+class FakeOutcome:
+    features: dict[str, float]
+    correct: bool
+
+
+def outcomes(seed: int, n: int) -> list[FakeOutcome]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        top = float(rng.uniform(0.2, 0.9))
+        lp = float(rng.normal(-0.5, 0.3))
+        row = {"retrieval.top_dense": top, "verify.lp_mean": lp, "generation.cited": 1.0}
+        if rng.uniform() < 0.2:
+            del row["verify.lp_mean"]
+        out.append(FakeOutcome(row, bool(rng.uniform() < 1 / (1 + np.exp(-(6 * (top - 0.5) + 2 * (lp + 0.5)))))))
+    return out
+
+
+def test_fit_is_reproducible_bit_for_bit_and_serves_the_same_probabilities() -> None:
+    fit, cal = outcomes(1, 150), outcomes(2, 300)
+    config = FitConfig(seed=7)
+    first, info = fit_artifact(fit, cal, config)
+    second, _ = fit_artifact(outcomes(1, 150), outcomes(2, 300), FitConfig(seed=7))
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+    names = [f["name"] for f in first["features"]]
+    assert names == ["retrieval.top_dense", "verify.lp_mean", "missing:verify.lp_mean"]  # constant "cited" dropped
+    assert set(info["cv"]) == {"logistic", "logistic+isotonic"} and info["chosen_kind"] == first["kind"]
+    model = ConfidenceModel.from_artifact(first)
+    high = model.predict({"retrieval.top_dense": 0.9, "verify.lp_mean": 0.0})
+    low = model.predict({"retrieval.top_dense": 0.2, "verify.lp_mean": -1.0})
+    assert high > 0.8 and low < 0.2
+    thresholds = {t["target_error_rate"]: t for t in first["thresholds"]}
+    assert thresholds[1.0]["threshold"] == 0.0
+    assert thresholds[0.2]["threshold"] <= thresholds[0.1]["threshold"]
+
+
+def test_one_class_fit_gives_a_constant_smoothed_model() -> None:
+    fit = [FakeOutcome({"retrieval.top_dense": v}, False) for v in (0.3, 0.5, 0.7)]
+    artifact, info = fit_artifact(fit, fit, FitConfig())
+    model = ConfidenceModel.from_artifact(artifact)
+    assert model.predict({"retrieval.top_dense": 0.9}) == pytest.approx(1 / 5, abs=1e-4)  # (0 + 1) / (3 + 2)
+    assert "one class" in info["cv"]["note"]
+
+
+def question(uid: str, dataset: str, answerable: bool, origin: str = "all", **sample: object) -> CalibrationQuestion:
+    return CalibrationQuestion(uid, dataset, EvalSample(id=uid, question=f"q {uid}", **sample), answerable,
+                               "answerable" if answerable else "removed_gold", "c", origin)
+
+
+def test_splits_are_seeded_stratified_and_respect_beir_qrels() -> None:
+    questions = [question(f"a{i}", "sample", True) for i in range(40)]
+    questions += [question(f"u{i}", "sample", False) for i in range(20)]
+    questions += [question(f"t{i}", "scifact", True, "train") for i in range(10)]
+    questions += [question(f"s{i}", "scifact", True, "test") for i in range(5)]
+    config = FitConfig(seed=1)
+    splits = assign_splits(questions, config)
+    assert splits == assign_splits(questions, config)
+    assert splits != assign_splits(questions, FitConfig(seed=2))
+    sample_answerable = [splits[f"a{i}"] for i in range(40)]
+    assert (sample_answerable.count("fit"), sample_answerable.count("calibration"), sample_answerable.count("test")) \
+        == (14, 14, 12)
+    assert {splits[f"t{i}"] for i in range(10)} <= {"fit", "calibration"}
+    assert {splits[f"s{i}"] for i in range(5)} == {"test"}
+    assert stratified_split(["x"] * 4, [("test",)] * 4, 0, {"fit": 0.5, "test": 0.5}) == ["test"] * 4
+
+
+def test_correctness_rules_per_dataset() -> None:
+    sample = question("p1", "sample_qa", True, reference="Forty-nine copies are known to survive.",
+                      reference_doc_ids=["printing.md"])
+    assert is_correct(sample, "49 copies survive [1].", {"printing.md"})
+    assert not is_correct(sample, "49 copies survive [1].", {"other.md"})  # must cite the reference document
+    assert not is_correct(sample, "Twelve were printed [1].", {"printing.md"})  # key facts missing
+    found = question("r2", "sample_qa", True, reference="On 15 July 1799, by French soldiers in Egypt.",
+                     reference_doc_ids=["rosetta.html"])
+    assert is_correct(found, "15 July 1799 [1]", {"rosetta.html"})  # terse: only reference facts
+    assert is_correct(found, "The stone was found on 15 July 1799 [1].", {"rosetta.html"})
+    assert not is_correct(found, "It was found in 1802 [1].", {"rosetta.html"})  # a wrong date
+    assert not is_correct(found, "q r2 [1]", {"rosetta.html"})  # nothing beyond the question
+    pubmed = question("m1", "pubmedqa", True, reference_doc_ids=["101"], decision="no")
+    assert is_correct(pubmed, "No, fracture rates did not differ [1].", {"101"})
+    assert not is_correct(pubmed, "Yes, coffee raises the risk [1].", {"101"})
+    beir = question("b1", "scifact", True, relevance={"d1": 1})
+    assert is_correct(beir, "Fresnel lenses [1].", {"d1"}) and not is_correct(beir, "x [1].", {"d2"})
+    gone = question("b2", "scifact", False, relevance={"d1": 1})
+    assert not is_correct(gone, "Fresnel lenses [1].", {"d1"})  # any answer to an unanswerable question is wrong
+
+
+def test_rag_calibrate_end_to_end_with_smollm(tiny_pubmedqa: Path, tmp_path: Path) -> None:
+    """A real run: ingest, SmolLM2 answers, fit, artifact, report, MLflow (sqlite store); a rerun reads the cache
+    and writes a bit-identical artifact."""
+    from mlflow import MlflowClient
+
+    from rag.answering.generation.backends import smollm2_path
+
+    qa = tmp_path / "qa.jsonl"
+    rows = [json.loads(line) for line in (REPO / "samples/qa/sample_qa.jsonl").read_text().splitlines()]
+    picked = [r for r in rows if r["answerable"]][:3] + [r for r in rows if not r["answerable"]][:2]
+    qa.write_text("".join(json.dumps(r) + "\n" for r in picked))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = os.environ | {"RAG_DATA_DIR": str(tmp_path / "data"), "RAG_GENERATOR_MODEL_PATH": str(smollm2_path()),
+                        "RAG_MLFLOW_TRACKING_URI": uri, "RAG_MAX_ANSWER_TOKENS": "48", "HF_HUB_OFFLINE": "1"}
+    command = [str(VENV_BIN / "rag"), "calibrate", "--dataset", str(qa), "--corpus", str(REPO / "samples/corpus"),
+               "--dataset", str(tiny_pubmedqa), "--json"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads(first.stdout)
+    artifact_path = Path(result["artifact"])
+    assert artifact_path.name == f"{result['version']}.json"
+    model = ConfidenceModel.load(artifact_path)
+    assert model.version == result["version"] and 0.0 <= model.predict({}) <= 1.0
+    assert "reliability" in model.artifact and model.artifact["data"]["hash"] == result["data_hash"]
+    assert "<img" in Path(result["report"]).read_text()
+    run = MlflowClient(tracking_uri=uri).get_run(result["mlflow_run_id"])
+    assert run.data.params["data_hash"] == result["data_hash"]
+    assert run.data.tags["rag.calibration_version"] == result["version"]
+    assert "test.brier" in run.data.metrics
+    before = artifact_path.read_bytes()
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["version"] == result["version"]
+    assert artifact_path.read_bytes() == before

@@ -1,0 +1,185 @@
+"""The answer verifier's checks: citations (missing, invalid, repaired), numbers, dates, names, quotes as exact
+spans of the stored chunk text, the abstain/cut policies, and the log-probability and cross-encoder features."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rag.answering.generation.answerer import GeneratedAnswer
+from rag.answering.generation.prompt import Context
+from rag.answering.rerank import CrossEncoder
+from rag.answering.verify import (
+    AnswerVerifier,
+    VerificationReport,
+    answer_spans,
+    entities,
+    number_values,
+    spans,
+)
+from rag.settings import Settings
+
+CHUNKS = {
+    "c-print": (
+        "## Early life\nJohannes Gutenberg was born in the German city of Mainz around 1400. He trained as a "
+        "goldsmith. Forty-nine copies of his Bible are known to survive, and the print run was about 180 copies.\n"
+        "## Later years\nHe died in February 1468 and was buried in Mainz."
+    ),
+    "c-bees": (
+        "A worker bee takes about 21 days to develop from egg to adult. Karl von Frisch decoded the waggle dance "
+        "and in 1973 he shared the Nobel Prize. A strong colony holds 1,200,000 cells of comb, or 40% of its hive."
+    ),
+    "c-other": "Honey is stored in wax cells. Mainz lies on the Rhine.",
+}
+
+
+def generated(text: str, *chunk_ids: str, logprobs: list[tuple[str, float]] | None = None) -> GeneratedAnswer:
+    """An answer as the answerer returns it; the contexts are the chunks shown, numbered 1..n in this order."""
+    contexts = [Context(i, cid, f"doc-{cid}", cid, f"{cid}.md", CHUNKS[cid], 0.9) for i, cid in enumerate(chunk_ids, 1)]
+    return GeneratedAnswer(
+        text=text,
+        contexts=contexts,
+        cited=[],
+        invalid_citations=[],
+        model_said_unknown=False,
+        prompt_tokens=None,
+        completion_tokens=None,
+        seconds=0.0,
+        generator="test",
+        prompt_version="test",
+        logprobs=logprobs,
+    )
+
+
+def verify(text: str, *chunk_ids: str, **options: Any) -> VerificationReport:
+    return AnswerVerifier(**options).run(generated(text, *chunk_ids), dict(CHUNKS))
+
+
+def test_numbers_are_normalised_across_separators_words_scales_and_percentages() -> None:
+    assert {"1200"} <= number_values("about 1,200 people")
+    assert "49" in number_values("Forty-nine copies")
+    assert "1.2e+06" in number_values("1.2 million cells") and "1.2e+06" in number_values("1,200,000 cells")
+    assert "40" in number_values("40% of it") and "40" in number_values("40 percent")
+    assert "19" in number_values("the 19th century") and "1969" in number_values("in the 1969 landing")
+    assert number_values("one of the oldest towers") == set()  # "one" is a pronoun far too often
+    assert number_values("cited [3] here") == set()  # citation markers are not numbers
+
+
+def test_entities_skip_the_opening_word_and_keep_runs_and_acronyms() -> None:
+    assert entities("Gutenberg was born in Mainz near the Rhine River [1].") == ["Mainz", "Rhine River"]
+    assert entities("It was built by NASA and Karl von Frisch's team.") == ["NASA", "Karl", "Frisch"]
+
+
+def test_answer_sentences_keep_a_trailing_bare_citation_and_spans_are_offsets() -> None:
+    text = "He was born in Mainz. [1] He died in 1468 [1]."
+    parts = [text[a:b] for a, b in answer_spans(text)]
+    assert parts == ["He was born in Mainz. [1]", "He died in 1468 [1]."]
+    chunk = CHUNKS["c-print"]
+    assert all(chunk[a:b].strip() == chunk[a:b] and chunk[a:b] for a, b in spans(chunk))
+
+
+def test_a_supported_answer_gets_exact_quotes_of_the_stored_chunk() -> None:
+    report = verify("Gutenberg was born in Mainz around 1400 [1]. Forty-nine copies survive [1].", "c-print")
+    assert report.verdict == "supported" and report.final_text is not None
+    quote = report.quotes[1]
+    assert CHUNKS["c-print"][quote.start : quote.end] == quote.text
+    assert quote.text == "Johannes Gutenberg was born in the German city of Mainz around 1400."
+    second = report.sentences[1].quotes[1]
+    assert "Forty-nine copies" in second.text and CHUNKS["c-print"][second.start : second.end] == second.text
+    assert report.features["frac_supported"] == 1.0 and report.features["numbers_ok"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "failure"),
+    [
+        ("Gutenberg was born in Mainz around 1450 [1].", "number_not_in_source"),  # wrong year
+        ("Fifty copies of his Bible survive [1].", "number_not_in_source"),  # wrong number word
+        ("He died in March 1468 [1].", "entity_not_in_source"),  # wrong month of a date
+        ("Gutenberg was born in Strasbourg [1].", "entity_not_in_source"),  # wrong place
+        ("Gutenberg invented the steam locomotive and electric lighting [1].", "low_overlap"),
+    ],
+)
+def test_claims_the_cited_source_does_not_hold_are_unsupported(text: str, failure: str) -> None:
+    report = verify(text, "c-print")
+    assert report.verdict == "unsupported" and report.final_text is None
+    assert report.abstain_reason == "unsupported"
+    assert failure in report.sentences[0].failures
+
+
+def test_an_invalid_citation_fails_the_sentence_and_is_counted_never_dropped() -> None:
+    report = verify("Gutenberg was born in Mainz [2].", "c-print")
+    assert report.sentences[0].invalid == [2] and "invalid_citation" in report.sentences[0].failures
+    assert report.verdict == "uncited" and report.abstain_reason == "uncited"
+    assert report.features["n_invalid_citations"] == 1.0
+    # a valid citation next to an invalid one does not rescue the sentence
+    assert verify("Gutenberg was born in Mainz [1][4].", "c-print").final_text is None
+
+
+def test_an_uncited_claim_is_repaired_only_when_exactly_one_source_holds_it() -> None:
+    report = verify("A worker bee takes about 21 days to become an adult.", "c-print", "c-bees")
+    assert report.verdict == "supported" and report.sentences[0].repaired == [2]
+    assert report.final_text == "A worker bee takes about 21 days to become an adult [2]."
+    assert report.features["n_repaired"] == 1.0 and report.features["n_uncited"] == 1.0
+    # "Mainz" is in both sources: ambiguous, so no repair and no answer
+    ambiguous = verify("Mainz.", "c-print", "c-other")
+    assert ambiguous.sentences[0].repaired == [] and ambiguous.abstain_reason == "uncited"
+    # repair off: an uncited claim is never returned
+    assert verify("A worker bee takes about 21 days.", "c-bees", repair=False).abstain_reason == "uncited"
+
+
+def test_a_misattributed_citation_moves_to_the_one_source_that_holds_the_claim() -> None:
+    report = verify("A worker bee takes about 21 days [1].", "c-print", "c-bees")
+    check = report.sentences[0]
+    assert check.dropped == [1] and check.repaired == [2] and report.verdict == "supported"
+    assert report.final_text == "A worker bee takes about 21 days [2]."
+    assert set(report.quotes) == {2}
+
+
+def test_cut_keeps_only_supported_sentences_and_abstain_drops_the_answer() -> None:
+    text = "Gutenberg was born in Mainz [1]. Honeybees communicate with honeydew [1]."
+    cut = verify(text, "c-print", policy="cut")
+    assert cut.verdict == "cut" and cut.final_text == "Gutenberg was born in Mainz [1]."
+    assert cut.features["frac_supported"] == 0.5
+    abstain = verify(text, "c-print", policy="abstain")
+    assert abstain.final_text is None and abstain.abstain_reason == "unsupported"
+    assert verify("Honeybees communicate with honeydew [1].", "c-print", policy="cut").final_text is None
+
+
+def test_filler_sentences_need_no_citation_but_an_answer_needs_a_claim() -> None:
+    assert verify("Sure! Gutenberg was born in Mainz [1].", "c-print").verdict == "supported"
+    assert verify("Sure!", "c-print").verdict == "empty"
+
+
+def test_numbers_dates_and_names_match_across_formats() -> None:
+    report = verify("Von Frisch shared the Nobel Prize in 1973; the colony holds 1.2 million cells [1].", "c-bees")
+    assert report.verdict == "supported", report.sentences[0].failures
+    assert verify("The colony holds 1,200,000 cells, 40 percent of the hive [1].", "c-bees").verdict == "supported"
+
+
+def test_token_logprobs_are_attributed_to_their_sentences() -> None:
+    tokens = [(" Born", -0.1), (" in Mainz", -0.3), (" [1].", -0.2), (" Died 1468", -2.0), (" [1].", -1.0)]
+    answer = generated("Born in Mainz [1]. Died 1468 [1].", "c-print", logprobs=tokens)
+    report = AnswerVerifier().run(answer, {"c-print": CHUNKS["c-print"]})
+    first, second = report.sentences
+    assert first.logprob_mean == pytest.approx(-0.2) and first.logprob_min == pytest.approx(-0.3)
+    assert second.logprob_min == pytest.approx(-2.0)
+    assert report.features["lp_min"] == pytest.approx(-2.0)
+    assert "lp_mean" not in verify("Born in Mainz [1].", "c-print").features  # no logprobs: feature left out
+
+
+def test_cross_encoder_scores_support_higher_than_an_unrelated_quote(make_settings: Callable[..., Settings]) -> None:
+    verifier = AnswerVerifier(encoder=CrossEncoder(make_settings()))
+    good = verifier.run(generated("Gutenberg was born in Mainz around 1400 [1].", "c-print"), {})
+    bad = verifier.run(generated("The waggle dance shows bees where flowers are [1].", "c-print"), {})
+    assert good.features["ce_min"] > bad.features["ce_min"] + 1.0
+    assert "ce_min" not in verify("Gutenberg was born in Mainz [1].", "c-print").features
+
+
+def test_the_verifier_reads_its_settings(make_settings: Callable[..., Settings]) -> None:
+    verifier = AnswerVerifier.from_settings(make_settings(unsupported_policy="cut", verify_min_overlap=0.7))
+    assert verifier.policy == "cut" and verifier.min_overlap == 0.7 and verifier.encoder is None
+    assert verifier.to_dict()["policy"] == "cut"
+    with pytest.raises(ValueError, match="unsupported_policy"):
+        AnswerVerifier(policy="maybe")  # type: ignore[arg-type]
