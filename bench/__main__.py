@@ -80,6 +80,7 @@ def quality(
     ),
     rerank: bool = typer.Option(True, help="Reranker study on the first embedder (grid tuned on train)."),
     train_limit: int | None = typer.Option(None, min=1, help="Train queries for the reranker grid (default all)."),
+    test_limit: int | None = typer.Option(None, min=1, help="Test queries the reranker is scored on (default all)."),
     labelled: str = typer.Option(
         "samples/qa/sample_qa.jsonl,../shared/data/pubmedqa",
         help="Labelled sets scored for every configuration (JSONL with reference_doc_ids, PubMedQA folders).",
@@ -99,6 +100,7 @@ def quality(
         backends=chosen,
         rerank=rerank,
         train_limit=train_limit or (20 if quick else None),
+        test_limit=test_limit,
         labelled=sets,
         labelled_limit=labelled_limit or (20 if quick else None),
         **({"work_root": work_dir} if work_dir else {}),

@@ -333,12 +333,14 @@ def run(
     train_limit: int | None = None,
     labelled: Sequence[Path] = (),
     labelled_limit: int | None = None,
+    test_limit: int | None = None,
 ) -> dict[str, Any]:
     """``embedders`` (backend → loaded ``Embedder``) lets a caller share models it already holds.
 
     ``backends`` name embedder configurations (``bench.retrieval_study.EMBEDDERS``; ``torch``/``onnx-int8`` are
     all-MiniLM-L6-v2). ``rerank``: the reranker study on the first backend (grid tuned on ``train_limit`` train
-    queries). ``labelled``: JSONL labelled sets or PubMedQA folders, scored for every backend (and reranked).
+    queries, scored on the first ``test_limit`` test queries). ``labelled``: JSONL labelled sets or PubMedQA
+    folders, scored for every backend (and reranked).
     """
     from rag.indexing.embedding import Embedder
 
@@ -444,7 +446,17 @@ def run(
                 "within_0.005": bool(abs(float(np.nanmean(diff))) <= 0.005),
             }
     studies = extra_studies(
-        work, work_root, dataset, splits, backends, embedders or {}, rerank, train_limit, labelled, labelled_limit, seed
+        work,
+        work_root,
+        dataset,
+        splits,
+        backends,
+        embedders or {},
+        rerank,
+        (train_limit, test_limit),
+        labelled,
+        labelled_limit,
+        seed,
     )
     return {
         "benchmark": "quality",
@@ -484,7 +496,7 @@ def extra_studies(
     backends: Sequence[str],
     embedders: dict[str, Any],
     rerank: bool,
-    train_limit: int | None,
+    limits: tuple[int | None, int | None],
     labelled: Sequence[Path],
     labelled_limit: int | None,
     seed: int,
@@ -511,8 +523,8 @@ def extra_studies(
         out["rerank"] = rs.rerank_study(
             settings,
             embedders.get(first),
-            rs.beir_questions(dataset.queries, splits["train"], train_limit),
-            rs.beir_questions(dataset.queries, splits["test"], None),
+            rs.beir_questions(dataset.queries, splits["train"], limits[0]),
+            rs.beir_questions(dataset.queries, splits["test"], limits[1]),
             others,
             work_root / "rerank-cache.sqlite",
             seed,
@@ -588,4 +600,50 @@ def render(result: dict[str, Any]) -> str:
         ]
     if result["int8_quality_guard"]:
         lines.append(f"- int8 minus fp32 nDCG@10 (paired, test): {result['int8_quality_guard']}")
+    lines += render_studies(result)
     return "\n".join(lines)
+
+
+def _cell(values: dict[str, Any]) -> str:
+    return "{:.3f} [{:.3f}, {:.3f}]".format(values["mean"], *values["ci95"])
+
+
+def render_studies(result: dict[str, Any]) -> list[str]:
+    """The labelled sets per embedder, and the reranker grid per set (paired differences to reranking off)."""
+    lines: list[str] = []
+    for set_name, per in (result.get("labelled_sets") or {}).items():
+        rows = [
+            {"system": name, "ndcg": _cell(v["ndcg_at_10"]), "hit3": _cell(v["hit_at_3"])} for name, v in per.items()
+        ]
+        columns = [("system", "embedder (hybrid)"), ("ndcg", "nDCG@10 [95% CI]"), ("hit3", "gold in top 3 chunks")]
+        lines += ["", table(rows, columns, f"Labelled set {set_name} ({len(rows)} embedders)")]
+    study = result.get("rerank")
+    if not study:
+        return lines
+    lines += [
+        "",
+        f"Reranker ({study['embedder']}): best on {study['train_questions']} train queries: "
+        f"{study['tuned_on_train']}; latency {study['latency']}",
+    ]
+    for part in [k for k, v in study.items() if isinstance(v, dict) and "off" in v]:
+        rows = []
+        for name, v in study[part].items():
+            diff = v.get("minus_off", {})
+            rows.append(
+                {
+                    "config": name,
+                    "ndcg": _cell(v["ndcg_at_10"]),
+                    "dndcg": _cell(diff["ndcg_at_10"]) if diff else "",
+                    "hit3": _cell(v["hit_at_3"]),
+                    "dhit3": _cell(diff["hit_at_3"]) if diff else "",
+                }
+            )
+        columns = [
+            ("config", "rerank"),
+            ("ndcg", "nDCG@10"),
+            ("dndcg", "minus off"),
+            ("hit3", "gold in top 3"),
+            ("dhit3", "minus off"),
+        ]
+        lines += ["", table(rows, columns, f"Reranking on {part}")]
+    return lines

@@ -264,7 +264,13 @@ def labelled_table(pairs: list[tuple[Any, dict[str, Any]]], policy: str, setting
     s = settings.with_overrides(unsupported_policy=policy)
     encoder = CrossEncoder(s) if s.verify_cross_encoder else None
     verifier = AnswerVerifier.from_settings(s, encoder=encoder)
-    return {q.uid: replay(q, record, verifier) for q, record in pairs}
+    out: dict[str, Any] = {}
+    for q, record in pairs:
+        try:
+            out[q.uid] = replay(q, record, verifier)
+        except Exception as exc:  # a verifier bug on one answer: left out of the fit, and said so in the summary
+            log.warning("replay of %s failed: %r", q.uid, exc)
+    return out
 
 
 def data_hash(questions: list[Any], outcomes: dict[str, Any], splits: dict[str, str]) -> str:
@@ -282,8 +288,8 @@ def fit_policy(pairs: list[tuple[Any, dict[str, Any]]], settings: Settings, conf
     """Label, split, fit, threshold, and evaluate on the test split once, for one verification policy."""
     from rag.answering.calibration import ConfidenceModel, artifact_version
 
-    questions = [q for q, _ in pairs]
     outcomes = labelled_table(pairs, config.policy, settings)
+    questions = [q for q, _ in pairs if q.uid in outcomes]
     splits = assign_splits(questions, config)
     by_split = {name: [q for q in questions if splits[q.uid] == name] for name in ("fit", "calibration", "test")}
     fit = [outcomes[q.uid] for q in by_split["fit"] if outcomes[q.uid].answered]
@@ -306,7 +312,8 @@ def fit_policy(pairs: list[tuple[Any, dict[str, Any]]], settings: Settings, conf
     artifact["test"]["curve"] = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items()}
                                  for c in test["risk_coverage"]]
     artifact["version"] = artifact_version(artifact)
-    summary = {"policy": config.policy, "fit": fit_info, "test": test, "splits": artifact["data"],
+    summary = {"policy": config.policy, "replay_failures": [q.uid for q, _ in pairs if q.uid not in outcomes],
+               "fit": fit_info, "test": test, "splits": artifact["data"],
                "outcomes": [outcomes[q.uid].to_dict() | {"split": splits[q.uid], "kind": q.kind,
                                                          "dataset": q.dataset, "answerable": q.answerable}
                             for q in questions]}

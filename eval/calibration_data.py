@@ -296,7 +296,7 @@ class Collector:
         random.Random(f"{self.settings.seed}:collect-order").shuffle(todo)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         out: list[tuple[CalibrationQuestion, dict[str, Any]]] = []
-        generated = 0
+        generated = failures = 0
         for number, question in enumerate(todo, start=1):
             pipeline = self.pipeline(by_name[question.collection])
             index_version = pipeline.retriever.index_version()
@@ -313,6 +313,10 @@ class Collector:
                 except RagError as exc:  # a rejected question is an abstention, not a crash
                     self.log(f"[{number}/{len(todo)}] {question.uid}: rejected ({exc.code}: {exc})")
                     continue
+                except Exception as exc:  # a pipeline bug on one question must not lose the whole collection
+                    self.log(f"[{number}/{len(todo)}] {question.uid}: FAILED {type(exc).__name__}: {exc!r}")
+                    failures += 1
+                    continue
                 record = result_record(result, time.perf_counter() - tick)
                 record["key"] = key
                 record["key_config"] = pipeline_key_config(pipeline.to_dict())
@@ -324,5 +328,6 @@ class Collector:
                 self.log(f"[{number}/{len(todo)}] {question.uid} {record['seconds']:.1f}s "
                          f"abstained={response['abstained']} {response['answer'][:70]!r}")
             out.append((question, record))
-        self.log(f"collected {len(out)} questions ({generated} newly run, {len(out) - generated} from the cache)")
+        self.log(f"collected {len(out)} questions ({generated} newly run, {len(out) - generated} from the cache, "
+                 f"{failures} failed)")
         return out

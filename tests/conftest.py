@@ -74,7 +74,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
-    """The real bundled all-MiniLM-L6-v2, loaded once for the whole session."""
+    """The real default embedder (bundled bge-small-en-v1.5, int8 ONNX), loaded once for the whole session."""
     model = Embedder(Settings(data_dir=tmp_path_factory.mktemp("embedder")))
     _ = model.model
     return model

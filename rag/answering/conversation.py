@@ -52,6 +52,8 @@ ELLIPTICAL = re.compile(
     re.IGNORECASE,
 )
 WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*|\d+")
+_TOPIC = re.compile(r"\b(?:[Tt]he\s+)?[A-Z][\w'-]*(?:\s+(?:of\s+|de\s+)?(?:[A-Z][\w'-]*|\d+))*")
+_PRONOUN = re.compile(r"\b(?:it|its|they|them|their|he|him|his|she|her)\b", re.IGNORECASE)
 _CITATION = re.compile(r"\s*\[\d+\]")
 _PREFIX = re.compile(r"^(?:standalone(?:\s+question)?|rewritten(?:\s+question)?|question)\s*:\s*", re.IGNORECASE)
 
@@ -207,9 +209,9 @@ class ConversationRewriter:
 
     @staticmethod
     def _concat(question: str, turns: list[ChatTurn]) -> str:
-        """No LLM: the follow-up plus the last user question, which carries the topic retrieval needs."""
+        """No LLM: put the previous user question's topic in place of the first pronoun (else append it)."""
         previous = next((t.content for t in reversed(turns) if t.role == "user"), "")
-        return f"{question} (context: {previous})" if previous else question
+        return substitute_topic(question, previous)
 
     def _validated(self, candidate: str, question: str) -> str:
         """The first line of the model's output, cleaned; refused (InvalidInputError) when unusable."""
@@ -223,6 +225,30 @@ class ConversationRewriter:
         if find_injection(line) is not None:
             raise RewriteRefusedError("the rewrite looks like an instruction, not a question")
         return sanitize_question(line, self.settings.max_question_chars)
+
+
+def topic_of(text: str) -> str | None:
+    """The longest capitalised phrase of ``text`` that is not a sentence-initial question word ("the Rosetta
+    Stone", "Apollo 11", "Johannes Gutenberg"); None when it names nothing."""
+    found = (re.sub(r"['’]s$", "", m.group(0)) for m in _TOPIC.finditer(text))
+    phrases = [p for p in found if p.split()[-1].lower() not in STOPWORDS]
+    phrases = [p for p in phrases if p.lower().removeprefix("the ").split()[0] not in STOPWORDS]
+    return max(phrases, key=len) if phrases else None
+
+
+def substitute_topic(question: str, previous: str) -> str:
+    """``question`` with its first referring pronoun replaced by the topic of ``previous`` (possessives become
+    "<topic>'s"); without a pronoun or a topic, the topic or the previous question's content words are appended."""
+    topic = topic_of(previous)
+    if topic is None:
+        words = " ".join(dict.fromkeys(content_words(previous)))
+        return f"{question} ({words})" if words else question
+    match = _PRONOUN.search(question)
+    if match is None:
+        return f"{question} ({topic})"
+    word = match.group(0).lower()
+    replacement = f"{topic}'s" if word in {"its", "his", "their"} else topic
+    return question[: match.start()] + replacement + question[match.end() :]
 
 
 class RewriteRefusedError(RagError):

@@ -31,6 +31,7 @@ from rag.answering.calibration import ConfidenceModel, signal_features
 from rag.answering.generation.answerer import Answerer, GeneratedAnswer, make_answerer
 from rag.answering.generation.citations import parse_citations
 from rag.answering.generation.prompt import PROMPT_VERSION, UNKNOWN_ANSWER, Context
+from rag.answering.rerank import CrossEncoder, Reranker
 from rag.answering.retrieval import RetrievalResult, Retriever
 from rag.answering.sanitize import find_injection, redact_injections, sanitize_question
 from rag.answering.verify import AnswerVerifier, Quote, VerificationReport, answer_spans, is_claim
@@ -149,9 +150,12 @@ class QueryPipeline:
         embedder: Embedder | None = None,
         store: VectorStore | None = None,
         answerer: Answerer | None = None,
+        cross_encoder: CrossEncoder | None = None,
     ) -> None:
         self.settings = settings
-        self.retriever = Retriever(settings, embedder=embedder, store=store)
+        # one cross-encoder per process: pipelines of several collections share its ONNX session
+        reranker = Reranker(settings, cross_encoder) if cross_encoder is not None else None
+        self.retriever = Retriever(settings, embedder=embedder, store=store, reranker=reranker)
         # Lexical sentence selection only: embedding every candidate sentence cost about 1 s per query on this
         # CPU and did not change answers on the labelled set (docs/PERFORMANCE.md).
         self.answerer = answerer or make_answerer(settings)

@@ -2,8 +2,8 @@
 
 ``rag promote RUN_ID`` (the evaluation package) writes ``data_dir/production.json``; readers (today
 ``rag eval --compare production``) only read it, so serving code can report "this process serves config X,
-production is config Y" without importing the evaluation package. The file is small JSON, written atomically, and carries the evaluation run that justified
-the promotion (its MLflow run id, dataset and headline metrics).
+production is config Y" without importing the evaluation package. The file is small JSON, written atomically,
+and carries the evaluation run that justified the promotion (its MLflow run id, dataset and headline metrics).
 """
 
 from __future__ import annotations

@@ -7,15 +7,19 @@ Per answer sentence (split like the sources, a trailing bare ``[n]`` joined to t
 
 1. **Citation.** It must carry at least one ``[n]`` that maps to a source it was shown, and no ``[n]`` that does
    not (an invalid number fails the sentence; it is never dropped silently). A sentence without content words
-   ("Sure.") needs none. **Repair rule** (``verify_repair``): an uncited sentence gets ``[k]`` when source ``k`` is
-   the only shown source that contains all its numbers and named entities and at least ``repair_min_overlap`` of
-   its content words (several such sources: the one the answer cites elsewhere, if exactly one is); counted in
-   ``n_repaired``.
+   ("Sure.") needs none. **Repair rule** (``verify_repair``): an uncited sentence gets ``[k]`` when shown source
+   ``k`` contains all its numbers and named entities and at least ``repair_min_overlap`` of its content words, so
+   that it passes checks 2-4 against ``k`` (several such sources: the one the answer cites elsewhere if exactly one
+   is, else the one holding most of its content words, ties to the higher-ranked). The same rule
+   moves a misattributed citation: a cited sentence that fails checks 2-4 against its sources, but passes them
+   against exactly one other shown source, cites that one instead (the wrong ``[n]`` is removed). Both count in
+   ``n_repaired``; the returned answer carries the repaired ``[k]``.
 2. **Numbers** (digits with thousands separators, decimals, percentages, ordinals, years and the words
    "two" to "ninety-nine", "hundred", "thousand", "million", "billion"; "one" is too often a pronoun) must all
    occur in the cited chunks' text: "1,200" = "1200" = "1.2 thousand", "forty-nine" = "49".
 3. **Named entities** (capitalised words not opening the sentence, runs of them, acronyms) must occur in the
-   cited text, word by word, case-insensitively (a possessive "'s" is ignored).
+   cited text or its title (shown to the model too), word by word, case-insensitively (a possessive "'s" is
+   ignored).
 4. **Overlap**: the share of the sentence's content words (``sentences.terms``) found in the cited text must be at
    least ``verify_min_overlap``.
 5. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
@@ -71,6 +75,8 @@ _WORD_NUMBER = re.compile(
 _SCALE_AFTER = re.compile(r"^\s*(hundred|thousand|million|billion)\b", re.IGNORECASE)
 _CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]+(?:['’]s)?|[A-Z]{2,}[a-z]?s?|[A-Z]\.)(?=\W|$)")
 _WORD = re.compile(r"[A-Za-z0-9]+")
+SOFT_WRAP_MIN_CHARS = 50  # a shorter line without end punctuation is a heading or a list item, not wrapped prose
+_BLOCK_STARTS = ("#", "-", "*", "•", "|", ">")
 ENTITY_STOPWORDS = frozenset(
     {"I", "A", "An", "The", "This", "That", "These", "Those", "It", "Its", "In", "On", "At", "Of", "For", "And"}
     | {"But", "Or", "If", "When", "Yes", "No"}
@@ -94,20 +100,45 @@ class PairScorer(Protocol):
 # ------------------------------------------------------------------------------------------ text features
 
 
-def spans(text: str) -> list[tuple[int, int]]:
-    """Sentence spans (start, end) of ``text``, split like ``sentences.split_sentences`` (lines, then ends)."""
+def _soft_break(previous: str, following: str) -> bool:
+    """A line break inside a sentence (text wrapped by a PDF or a hard-wrapping editor), not a block boundary."""
+    previous, following = previous.strip(), following.strip()
+    return (
+        len(previous) >= SOFT_WRAP_MIN_CHARS
+        and previous[-1] not in ".!?:;"
+        and not previous.startswith(("#", "|"))
+        and bool(following)
+        and not following.startswith(_BLOCK_STARTS)
+    )
+
+
+def blocks(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the text's blocks: lines, with soft-wrapped lines joined to the line before them."""
     found: list[tuple[int, int]] = []
     offset = 0
     for line in text.splitlines(keepends=True):
+        if found and _soft_break(text[found[-1][0] : found[-1][1]].splitlines()[-1], line):
+            found[-1] = (found[-1][0], offset + len(line))
+        else:
+            found.append((offset, offset + len(line)))
+        offset += len(line)
+    return found
+
+
+def spans(text: str) -> list[tuple[int, int]]:
+    """Sentence spans (start, end) of ``text``: blocks (lines, soft wraps joined), then sentence ends, like
+    ``sentences.split_sentences``."""
+    found: list[tuple[int, int]] = []
+    for offset, stop in blocks(text):
+        block = text[offset:stop]
         cursor = 0
-        for match in [*_SENTENCE_END.finditer(line), None]:
-            end = match.start() if match else len(line)
-            piece = line[cursor:end]
+        for match in [*_SENTENCE_END.finditer(block), None]:
+            end = match.start() if match else len(block)
+            piece = block[cursor:end]
             if piece.strip():
                 lead = len(piece) - len(piece.lstrip())
                 found.append((offset + cursor + lead, offset + cursor + len(piece.rstrip())))
             cursor = match.end() if match else cursor
-        offset += len(line)
     return found
 
 
@@ -314,14 +345,15 @@ class _Source:
     span_words: list[set[str]]
 
     @classmethod
-    def of(cls, index: int, text: str) -> _Source:
+    def of(cls, index: int, text: str, title: str = "") -> _Source:
+        """``title``: shown to the model above the source, so its words count as the source's (never quoted)."""
         found = spans(text) or [(0, len(text))]
         pieces = [text[a:b] for a, b in found]
         return cls(
             index=index,
             text=text,
-            words=words_of(text),
-            terms=terms(text),
+            words=words_of(f"{title}\n{text}"),
+            terms=terms(f"{title}\n{text}"),
             numbers=number_values(text),
             spans=found,
             span_terms=[terms(p) for p in pieces],
@@ -405,9 +437,9 @@ class AnswerVerifier:
         self,
         *,
         policy: Policy = "abstain",
-        min_overlap: float = 0.5,
+        min_overlap: float = 0.65,
         repair: bool = True,
-        repair_min_overlap: float = 0.6,
+        repair_min_overlap: float = 0.65,
         min_cross_encoder: float | None = None,
         encoder: PairScorer | None = None,
     ) -> None:
@@ -439,7 +471,7 @@ class AnswerVerifier:
             "repair": self.repair,
             "repair_min_overlap": self.repair_min_overlap,
             "min_cross_encoder": self.min_cross_encoder,
-            "cross_encoder": self.encoder.to_dict() if hasattr(self.encoder, "to_dict") else None,
+            "cross_encoder": getattr(self.encoder, "to_dict", lambda: None)(),
         }
 
     def verify(self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str]) -> VerificationReport:
@@ -449,7 +481,9 @@ class AnswerVerifier:
     def run(self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str]) -> VerificationReport:
         started = time.perf_counter()
         text = generated.text
-        sources = {c.index: _Source.of(c.index, chunk_texts.get(c.chunk_id, c.text)) for c in generated.contexts}
+        sources = {
+            c.index: _Source.of(c.index, chunk_texts.get(c.chunk_id, c.text), c.title) for c in generated.contexts
+        }
         checks = [self._check(text[a:b], a, b, sources) for a, b in answer_spans(text)]
         cited_elsewhere = {n for c in checks for n in c.cited}
         for check in checks:
@@ -501,15 +535,19 @@ class AnswerVerifier:
     def _repair(
         self, check: SentenceCheck, sources: Mapping[int, _Source], cited_elsewhere: set[int], exclude: set[int]
     ) -> list[int]:
-        """The documented repair rule: the one shown source (outside ``exclude``) that covers the sentence (several:
-        the one the answer cites elsewhere, if exactly one is); empty when there is none or it is ambiguous."""
+        """The documented repair rule: a shown source (outside ``exclude``) that holds all the sentence's numbers
+        and names and ``repair_min_overlap`` of its words. Several: the one the answer cites elsewhere if exactly
+        one is, else the one holding most of its words (ties: the higher-ranked). Empty when none does."""
         wanted = _Wanted.of(check.text)
         covering = [
             n for n, source in sources.items() if n not in exclude and source.covers(wanted, self.repair_min_overlap)
         ]
         if len(covering) > 1:
-            covering = [n for n in covering if n in cited_elsewhere]
-        return covering if len(covering) == 1 else []
+            elsewhere = [n for n in covering if n in cited_elsewhere]
+            if len(elsewhere) == 1:
+                return elsewhere
+            return [max(covering, key=lambda n: (len(wanted.terms & sources[n].terms), -n))]
+        return covering
 
     def _support(self, check: SentenceCheck, sources: Mapping[int, _Source]) -> None:
         check.failures, check.numbers_missing, check.entities_missing, check.quotes = [], [], [], {}
@@ -597,7 +635,7 @@ def answer_features(checks: Sequence[SentenceCheck], generated: GeneratedAnswer,
         "n_sentences": float(n),
         "n_supported": float(sum(c.supported for c in claims)),
         "frac_supported": sum(c.supported for c in claims) / n if n else 0.0,
-        "n_uncited": float(sum(not c.cited for c in claims)),
+        "n_uncited": float(sum(not c.cited and not c.dropped for c in claims)),
         "n_invalid_citations": float(sum(len(c.invalid) for c in checks)),
         "n_repaired": float(sum(bool(c.repaired) for c in checks)),
         "n_cited_sources": float(len({k for c in checks for k in c.citations})),

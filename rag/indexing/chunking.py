@@ -24,7 +24,6 @@ SECTION_PREFIX_CHARS = 300
 
 def heading_prefix(title: str, section: str) -> str:
     """The title and section path as one line when the path starts with the title, else as two lines."""
-    title = title[:TITLE_PREFIX_CHARS]
     section = section[:SECTION_PREFIX_CHARS]
     if section and title and (section == title or section.startswith(title + SECTION_SEPARATOR)):
         return section
@@ -80,7 +79,7 @@ class Chunker:
         self.stats = ChunkingStats()
 
     def embed_text(self, document: Document, text: str, section: str = "") -> str:
-        title = document.title if self.config.embed_titles else ""
+        title = document.title[:TITLE_PREFIX_CHARS] if self.config.embed_titles else ""
         prefix = heading_prefix(title, section if self.config.embed_sections else "")
         return f"{prefix}\n{text}" if prefix else text
 

@@ -92,7 +92,7 @@ def rebuild_bert(int8_dir: Path, out_dir: Path) -> Path:
 
     config = BertConfig.from_json_file(str(int8_dir / "config.json"))
     model = BertModel(config, add_pooling_layer=False).eval()
-    state = {k: torch.from_numpy(v) for k, v in dequantized_state_dict(int8_dir / "model.onnx").items()}
+    state = {k: torch.from_numpy(v.copy()) for k, v in dequantized_state_dict(int8_dir / "model.onnx").items()}
     expected = {k for k in model.state_dict() if not k.endswith("position_ids") and "token_type_ids" not in k}
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))

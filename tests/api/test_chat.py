@@ -14,6 +14,7 @@ from api.routes.chat import ChatResponse, SessionStore
 from rag.answering.conversation import REWRITE_SYSTEM, ChatTurn
 from rag.answering.generation.prompt import SYSTEM_PROMPT
 from rag.answering.pipeline import ABSTAIN_ANSWER
+from rag.answering.sanitize import find_injection
 from rag.settings import Settings
 
 Client = Callable[..., TestClient]
@@ -30,19 +31,16 @@ def chat(client: TestClient, **body: object) -> dict:
 
 def test_session_follow_up_is_rewritten_and_finds_the_document(make_client: Client) -> None:
     client = make_client()
-    first = chat(client, question="Who flew on Apollo 11 and what was each astronaut's job?")
+    first = chat(client, question=FIRST)
     assert first["rewrite"]["reason"] == "no_history" and not first["rewrite"]["rewritten"]
     session = first["session_id"]
-    follow = chat(client, question="Which ship picked them up?", session_id=session)
-    assert follow["session_id"] == session
+    follow = chat(client, question="When was it found?", session_id=session)
+    assert follow["session_id"] == session and follow["question"] == "When was it found?"
     rewrite = follow["rewrite"]
     assert rewrite["rewritten"] and rewrite["reason"] == "reference" and rewrite["history_turns"] == 2
-    assert "Apollo 11" in rewrite["standalone_question"] and follow["question"] == "Which ship picked them up?"
-    assert not follow["abstained"] and follow["citations"][0]["doc_id"] == "history/apollo_11.pdf"
-    assert "Hornet" in follow["answer"]
-    # the raw follow-up alone does not find the document: the history is what made the difference
-    alone = client.post("/v1/query", json={"question": "Which ship picked them up?"}).json()
-    assert alone["abstained"] or alone["citations"][0]["doc_id"] != "history/apollo_11.pdf"
+    assert rewrite["method"] == "concat"  # the extractive generator has no LLM: the heuristic rewrite
+    assert rewrite["standalone_question"] == "When was the Rosetta Stone found?"
+    assert not follow["abstained"] and follow["citations"][0]["doc_id"] == "history/rosetta_stone.html"
 
 
 def test_explicit_messages_are_used_and_nothing_is_stored(make_client: Client, sample_data_dir: Path) -> None:
@@ -109,13 +107,14 @@ def test_injection_in_an_earlier_turn_changes_nothing(make_client: Client) -> No
     rewrite = body["rewrite"]
     assert rewrite["history_flagged"] == 2 and rewrite["method"] == "model"
     standalone = rewrite["standalone_question"].lower()
-    assert "prompt" not in standalone and "instruction" not in standalone
+    assert "prompt" not in standalone and find_injection(standalone) is None
     if body["abstained"]:
         assert body["answer"] == ABSTAIN_ANSWER and body["citations"] == []
     else:  # the normal format: cited sentences, citations with quotes
         assert body["citations"] and all(c["quote"] for c in body["citations"])
         assert re.search(r"\[\d+\]", body["answer"])
+    answer = body["answer"].replace(ABSTAIN_ANSWER, "").lower()  # the prompt quotes the abstention text itself
     for secret in (SYSTEM_PROMPT, REWRITE_SYSTEM):
         words = secret.split()
         windows = {" ".join(words[i : i + 6]).lower() for i in range(len(words) - 5)}
-        assert not any(window in body["answer"].lower() for window in windows)
+        assert not any(window in answer for window in windows)

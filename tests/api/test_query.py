@@ -37,7 +37,7 @@ def test_answers_with_citation_to_the_right_document(make_client: Client) -> Non
     assert 0.5 < body["confidence"] <= 1
     info = client.get("/v1/info").json()
     assert body["versions"] == info["versions"] and body["versions"]["index"]
-    assert body["versions"]["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert body["versions"]["embedding_model"] == "BAAI/bge-small-en-v1.5 (onnx-int8)"
 
 
 def test_off_topic_question_abstains_with_the_fixed_answer(make_client: Client) -> None:

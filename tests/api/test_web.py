@@ -45,6 +45,12 @@ def test_page_answers_with_clickable_citations(page: Page, tmp_path: Path) -> No
     expect(target).to_have_class("active")
     expect(target.locator("pre")).to_be_visible()
     expect(target).to_contain_text("lighthouses.txt")
+    # the supporting quote is shown and highlighted inside the source text, and the confidence is explained
+    quote = target.locator("blockquote.quote")
+    expect(quote).to_be_visible()
+    expect(target.locator("pre mark.quote")).to_be_visible()
+    assert target.locator("pre mark.quote").inner_text() in quote.inner_text()
+    expect(page.locator("#meaning")).to_be_visible()
     page.screenshot(path=str(tmp_path / "answer.png"))
 
 

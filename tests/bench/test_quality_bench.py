@@ -6,17 +6,28 @@ import math
 from pathlib import Path
 
 from bench import quality as bench_quality
+from bench import retrieval_study
 from rag.indexing.embedding import Embedder
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
 def test_quality_benchmark_scores_every_mode_and_tunes_on_train_only(
     sample_beir: Path, tmp_path: Path, embedder: Embedder
 ) -> None:
     result = bench_quality.run(
-        dataset_dir=sample_beir, backends=("torch",), work_root=tmp_path, embedders={"torch": embedder}
+        dataset_dir=sample_beir,
+        backends=("bge-small-int8",),
+        work_root=tmp_path,
+        embedders={"bge-small-int8": embedder},
+        rerank=True,
+        train_limit=3,
+        test_limit=3,
+        labelled=(SAMPLES / "qa" / "sample_qa.jsonl",),
+        labelled_limit=3,
     )
 
-    info = result["backends"]["torch"]
+    info = result["backends"]["bge-small-int8"]
     assert set(info["test"]) == {"dense", "bm25", "hybrid", "hybrid-rrf60", "hybrid-tuned"}
     for values in info["test"].values():
         for metric in ("ndcg_at_10", "recall_at_100"):
@@ -35,6 +46,15 @@ def test_quality_benchmark_scores_every_mode_and_tunes_on_train_only(
     assert result["config"]["train_queries"] > 0 and result["config"]["test_queries"] > 0
     assert result["published_ndcg_at_10"] == {} and result["int8_quality_guard"] is None
     assert "nDCG@10" in bench_quality.render(result)
+    # The reranker grid: tuned on train only, every configuration scored on test with its difference to "off".
+    study = result["rerank"]
+    assert study["train_questions"] == 3 and study["tuned_on_train"] in retrieval_study.grid_configs()
+    assert set(study["test"]) == {retrieval_study.label(c) for c in retrieval_study.grid_configs()}
+    assert "minus_off" in study["test"]["N=20,w=0.5"] and "minus_off" not in study["test"]["off"]
+    assert study["latency"]["questions"] == 3 and study["latency"]["p50_ms"] > 0
+    assert set(study["sample_qa"]) == set(study["test"])
+    labelled = result["labelled_sets"]["sample_qa"]["bge-small-int8"]
+    assert 0 <= labelled["hit_at_3"]["mean"] <= 1 and "Reranking on test" in bench_quality.render(result)
 
 
 def test_doc_ranking_takes_each_documents_best_chunk() -> None:

@@ -95,8 +95,8 @@ def test_strict_exit_code_and_clear_errors(tmp_path: Path) -> None:
     bad_setting = run_rag(["status"], tmp_path / "data", RAG_CHUNK_SIZE="ten")
     assert (
         bad_setting.returncode == 2
-        and "chunk_size" in bad_setting.stderr
-        and "Traceback" not in bad_setting.stderr
+        and "RAG_CHUNK_SIZE='ten'" in bad_setting.stderr
+        and len(bad_setting.stderr.strip().splitlines()) == 1
     )
 
 

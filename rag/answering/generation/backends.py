@@ -366,6 +366,12 @@ class LocalBackend:
             )
         return self.model_path
 
+    def prepare(self) -> None:
+        """Make every model file this configuration needs (assembly, requantization, draft) without loading it:
+        an image build calls this so a read-only models directory already holds them."""
+        self._resolve_model()
+        self._draft_path()
+
     def _draft_path(self) -> Path | None:
         if self.speed.draft != "qwen-0.5b":
             return None

@@ -95,7 +95,14 @@ def requantized_model(source: Path, name: str, *, source_sha256: str | None, pro
         )
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        write_variant(source, tmp, spec, progress=progress)
+        try:
+            write_variant(source, tmp, spec, progress=progress)
+        except OSError as exc:
+            raise ModelError(
+                f"cannot write the {name} variant of {source.name} to {target.parent}: {exc}",
+                hint="make the models directory writable (or prepare the file at install) or set "
+                "RAG_GENERATOR_QUANT=q4_k_m",
+            ) from exc
         digest = file_sha256(tmp)
         if spec.sha256 is not None and source_sha256 is not None and digest != spec.sha256:
             raise ModelError(

@@ -31,7 +31,7 @@ CHUNKS = {
         "A worker bee takes about 21 days to develop from egg to adult. Karl von Frisch decoded the waggle dance "
         "and in 1973 he shared the Nobel Prize. A strong colony holds 1,200,000 cells of comb, or 40% of its hive."
     ),
-    "c-other": "Honey is stored in wax cells. Mainz lies on the Rhine.",
+    "c-other": "Honey is stored in wax cells. Mainz lies on the Rhine. Gutenberg was born in Mainz.",
 }
 
 
@@ -70,6 +70,17 @@ def test_numbers_are_normalised_across_separators_words_scales_and_percentages()
 def test_entities_skip_the_opening_word_and_keep_runs_and_acronyms() -> None:
     assert entities("Gutenberg was born in Mainz near the Rhine River [1].") == ["Mainz", "Rhine River"]
     assert entities("It was built by NASA and Karl von Frisch's team.") == ["NASA", "Karl", "Frisch"]
+
+
+def test_wrapped_source_lines_stay_one_sentence_but_headings_and_items_do_not() -> None:
+    text = (
+        "## Polio\nThe polio vaccine developed by Jonas Salk was of this kind, and on 12 April\n1955 it was safe.\n- a"
+    )
+    assert [text[a:b] for a, b in spans(text)] == [
+        "## Polio",
+        "The polio vaccine developed by Jonas Salk was of this kind, and on 12 April\n1955 it was safe.",
+        "- a",
+    ]
 
 
 def test_answer_sentences_keep_a_trailing_bare_citation_and_spans_are_offsets() -> None:
@@ -117,14 +128,20 @@ def test_an_invalid_citation_fails_the_sentence_and_is_counted_never_dropped() -
     assert verify("Gutenberg was born in Mainz [1][4].", "c-print").final_text is None
 
 
-def test_an_uncited_claim_is_repaired_only_when_exactly_one_source_holds_it() -> None:
+def test_an_uncited_claim_is_repaired_only_when_a_source_holds_all_of_it() -> None:
     report = verify("A worker bee takes about 21 days to become an adult.", "c-print", "c-bees")
     assert report.verdict == "supported" and report.sentences[0].repaired == [2]
     assert report.final_text == "A worker bee takes about 21 days to become an adult [2]."
     assert report.features["n_repaired"] == 1.0 and report.features["n_uncited"] == 1.0
-    # "Mainz" is in both sources: ambiguous, so no repair and no answer
-    ambiguous = verify("Mainz.", "c-print", "c-other")
-    assert ambiguous.sentences[0].repaired == [] and ambiguous.abstain_reason == "uncited"
+    # both sources hold all of it: the higher-ranked one (shown first) gets the citation
+    both = verify("Gutenberg was born in Mainz.", "c-other", "c-print")
+    assert both.sentences[0].repaired == [1] and both.verdict == "supported"
+    # only the second source holds the name "German": it gets the citation whatever the order
+    assert verify("Gutenberg was born in the German city of Mainz.", "c-other", "c-print").sentences[0].repaired == [2]
+    assert verify("Mainz lies on the Rhine.", "c-print", "c-other").sentences[0].repaired == [2]
+    # no source holds the name "Strasbourg": no repair, no answer
+    unheld = verify("Gutenberg was born in Mainz and later worked in Strasbourg.", "c-print", "c-other")
+    assert unheld.sentences[0].repaired == [] and unheld.abstain_reason == "uncited"
     # repair off: an uncited claim is never returned
     assert verify("A worker bee takes about 21 days.", "c-bees", repair=False).abstain_reason == "uncited"
 
