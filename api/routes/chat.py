@@ -234,7 +234,7 @@ def _begin(services: Services, body: ChatRequest, request_id: str) -> tuple[str 
     if body.messages is not None:
         history = [ChatTurn(m.role, m.content) for m in body.messages]
     else:
-        history = session_store(services).history(session, collection) if body.session_id else []
+        history = session_store(services).history(body.session_id, collection) if body.session_id else []
     turn = prepare_turn(
         services, body.question, history, collection=collection, request_id=request_id,
         top_k=body.top_k, mode=body.mode, filters=body.filters,

@@ -269,10 +269,15 @@ def describe(settings: Settings, collection: str) -> DocumentList:
     )
 
 
-@router.get("/v1/documents", response_model=DocumentList, responses=LIST_PROBLEMS)
-async def list_documents(services: AdminAccess, collection: Collection = None) -> DocumentList:
-    """The collection's documents with their index status (indexed, pending, stale)."""
-    return await run_in_threadpool(describe, services.settings, collection or services.settings.collection)
+@router.get("/v1/collections/{collection}/documents", response_model=DocumentList, responses=LIST_PROBLEMS)
+async def list_documents(
+    collection: Annotated[str, PathParam(pattern=COLLECTION_NAME_PATTERN)], services: AdminAccess
+) -> DocumentList:
+    """The collection's documents with their index status (indexed, pending, stale).
+
+    (Not ``GET /v1/documents``: two routes on one path answer 405 with only one route's ``Allow`` methods.)
+    """
+    return await run_in_threadpool(describe, services.settings, collection)
 
 
 @router.delete("/v1/documents/{doc_id:path}", status_code=202, response_model=JobAccepted, responses=DELETE_PROBLEMS)

@@ -77,6 +77,15 @@ def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 COMPLETION_ERRORS = _error_responses(400, 401, 403, 404, 413, 429, 500, 502, 503, 504)
+# A body whose declared Content-Length is over RAG_MAX_BODY_BYTES is refused by the size guard before any route
+# runs, as an RFC 9457 problem: documented as the second form of 413 here.
+COMPLETION_ERRORS[413] = {
+    "description": "Request body too large (OpenAI error body, or a problem when refused before reading it)",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/OpenAIErrorBody"}},
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}},
+    },
+}
 MODELS_ERRORS = _error_responses(400, 401, 403, 404, 429, 503)
 
 

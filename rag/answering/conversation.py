@@ -173,7 +173,7 @@ class ConversationRewriter:
         recent = list(history)[-self.settings.chat_history_turns :]
         turns, flagged = screen_history(recent, self.settings.chat_turn_chars)
         verdict = self.check.check(question, turns, probe)
-        base = {"question": question, "history_turns": len(turns), "history_flagged": flagged}
+        base: dict[str, Any] = {"question": question, "history_turns": len(turns), "history_flagged": flagged}
         if verdict.standalone or self.method == "none":
             reason = verdict.reason if verdict.standalone else f"{verdict.reason}; rewriting disabled"
             return Rewrite(**base, standalone_question=question, rewritten=False, method="none", reason=reason,

@@ -158,7 +158,9 @@ def update_latest(report: DriftReport, directory: Path, report_path: Path) -> No
     _atomic_write(directory / LATEST, pointer)
 
 
-def run_trigger(command: str, report_paths: dict[str, Path], report: DriftReport, timeout_s: float = 3600) -> dict:
+def run_trigger(
+    command: str, report_paths: dict[str, Path], report: DriftReport, timeout_s: float = 3600
+) -> dict[str, Any]:
     """Run the ``--on-drift`` command (no shell: wrap pipes in ``sh -c '...'``) with the report in env vars.
 
     The command sees ``RAG_DRIFT_REPORT`` (JSON path), ``RAG_DRIFT_REPORT_HTML`` and ``RAG_DRIFT_STATUS``.

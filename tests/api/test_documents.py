@@ -63,7 +63,7 @@ def test_upload_query_delete_query_round_trip(make_client: Client, tmp_path: Pat
     stored = list((tmp_path / "data" / "uploads" / "documents").glob("*/*.md"))
     assert sorted(p.name for p in stored) == ["glasswing.md", "zorbulite.md"]
 
-    listing = client.get("/v1/documents", headers=KEY).json()
+    listing = client.get("/v1/collections/documents/documents", headers=KEY).json()
     assert {d["doc_id"]: d["status"] for d in listing["documents"]}[zorbulite_id] == "indexed"
     version_before = listing["index_version"]
     assert version_before and all(d["chunks"] >= 1 for d in listing["documents"])
@@ -78,7 +78,7 @@ def test_upload_query_delete_query_round_trip(make_client: Client, tmp_path: Pat
     assert deleted.status_code == 202, deleted.text
     job = wait_for(client, deleted.json()["status_url"])
     assert job["summary"]["documents_deleted"] == 1
-    listing = client.get("/v1/documents", headers=KEY).json()
+    listing = client.get("/v1/collections/documents/documents", headers=KEY).json()
     assert [d["doc_id"] for d in listing["documents"]] == [d["doc_id"] for d in body["documents"][1:]]
     assert listing["index_version"] != version_before
 
@@ -104,5 +104,5 @@ def test_unsafe_and_oversized_uploads_are_refused(make_client: Client, tmp_path:
     assert upload(("a.md", ZORBULITE), ("b.md", GLASSWING), ("c.md", b"# c\n\nthird")) == (413, "payload_too_large")
     assert not (tmp_path / "data" / "uploads").exists() or not any((tmp_path / "data" / "uploads").rglob("*.md"))
     assert client.post("/v1/documents", files=[("files", ("a.md", ZORBULITE))]).status_code == 401
-    assert client.get("/v1/documents", headers=KEY).json()["code"] == "not_found"
+    assert client.get("/v1/collections/documents/documents", headers=KEY).json()["code"] == "not_found"
     assert client.delete("/v1/documents/0123456789abcdef/a.md", headers=KEY).status_code == 404

@@ -109,9 +109,7 @@ class Answerer:
             raise InvalidInputError("contexts must be rag.answering.generation.prompt.Context records")
         return select_context(question, contexts, self.context_chars, embed=self.embed)
 
-    def _finish(
-        self, text: str, shown: list[Context], usage: Completion | None, started: float
-    ) -> GeneratedAnswer:
+    def _finish(self, text: str, shown: list[Context], usage: Completion | None, started: float) -> GeneratedAnswer:
         text = text.strip()
         report = check_citations(text, len(shown))
         unknown = is_unknown_answer(text)
@@ -184,9 +182,7 @@ class Answerer:
         }
 
 
-def make_answerer(
-    settings: Settings, *, embed: EmbedFn | None = None, backend: LLMBackend | None = None
-) -> Answerer:
+def make_answerer(settings: Settings, *, embed: EmbedFn | None = None, backend: LLMBackend | None = None) -> Answerer:
     """The answerer named by ``settings.generator``; pass ``backend`` to share an already loaded model."""
     generator: LLMBackend | ExtractiveGenerator
     if settings.generator == "extractive":
