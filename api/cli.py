@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from api.keys import register as register_keys
 from rag.console import handles_errors, load_settings
 
 
 def register(app: typer.Typer) -> None:
+    register_keys(app)
+
     @app.command()
     @handles_errors
     def serve(

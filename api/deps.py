@@ -29,7 +29,7 @@ from rag.settings import Settings
 # Problems the guards can answer on any guarded route with a body (documented per route in the OpenAPI schema).
 GUARD_PROBLEMS = ("validation_error", "malformed_request", "rate_limited", "not_ready", "payload_too_large")
 # Problems of a route that checks an API key.
-KEY_PROBLEMS = ("unauthorized", "auth_not_configured")
+KEY_PROBLEMS = ("unauthorized", "auth_not_configured", "forbidden")
 
 # Declared so the OpenAPI schema names the two ways to send a key; ``KeyChecker`` does the checking.
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from RAG_API_KEYS.")
@@ -137,6 +137,7 @@ def query_access(request: Request, services: RateLimited) -> Services:
     """Query routes: open, or keyed when RAG_REQUIRE_KEY_FOR_QUERY is set."""
     if services.settings.require_key_for_query:
         services.keys.require(request)
+    request.state.key_scope = services.keys.scoped(request)
     return services
 
 
@@ -146,9 +147,31 @@ def admin_access(
     _header: Annotated[str | None, Security(API_KEY_HEADER)],
     _bearer: Annotated[Any, Security(BEARER)],
 ) -> Services:
-    """Admin routes: always keyed (401 ``unauthorized``, 403 ``auth_not_configured``)."""
+    """Admin routes: always keyed (401 ``unauthorized``, 403 ``auth_not_configured``; 403 ``forbidden`` for a
+    stored key with the query role)."""
     services.keys.require(request)
+    scope = services.keys.scoped(request)
+    if scope is not None and scope.role != "admin":
+        raise ApiError(403, "forbidden", "this key has the query role; admin routes need an admin key")
+    request.state.key_scope = scope
     return services
+
+
+def check_collection(request: Request, collection: str) -> str:
+    """``collection`` when the request's key may read it (every key from RAG_API_KEYS may), else 403 ``forbidden``.
+
+    Called by every route that reads documents, after its access dependency has set ``request.state.key_scope``.
+    """
+    scope = getattr(request.state, "key_scope", None)
+    if scope is not None and not scope.allows(collection):
+        raise ApiError(403, "forbidden", f"this key may not read collection {collection!r}")
+    return collection
+
+
+def readable(request: Request, collections: list[str]) -> list[str]:
+    """The subset of ``collections`` the request's key may read."""
+    scope = getattr(request.state, "key_scope", None)
+    return [c for c in collections if scope is None or scope.allows(c)]
 
 
 QueryAccess = Annotated[Services, Depends(query_access)]

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.keys import KeyStore, ScopedKey
 from api.problems import ApiError, problem
 from rag.hashing import sha256_text
 from rag.settings import Settings
@@ -34,18 +35,31 @@ def key_fingerprint(key: str) -> str:
 
 
 class KeyChecker:
+    """Keys from RAG_API_KEYS (admin, every collection) and scoped keys stored hashed by ``rag keys`` (api/keys.py)."""
+
     def __init__(self, settings: Settings) -> None:
         self._keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
+        self.store = KeyStore(settings)
 
     @property
     def configured(self) -> bool:
-        return bool(self._keys)
+        return bool(self._keys) or self.store.any_live()
+
+    def _env_key(self, key: str) -> bool:
+        return any(hmac.compare_digest(key, known) for known in self._keys)
 
     def valid(self, key: str | None) -> bool:
-        return key is not None and any(hmac.compare_digest(key, known) for known in self._keys)
+        return key is not None and (self._env_key(key) or self.store.lookup(key) is not None)
+
+    def scoped(self, request: Request) -> ScopedKey | None:
+        """The stored key the request presents; None for a RAG_API_KEYS key, an unknown key or none."""
+        key = presented_key(request)
+        if key is None or self._env_key(key):
+            return None
+        return self.store.lookup(key)
 
     def require(self, request: Request) -> str:
-        if not self._keys:
+        if not self.configured:
             raise ApiError(
                 403, "auth_not_configured", "this route needs an API key but none is configured; set RAG_API_KEYS"
             )

@@ -40,6 +40,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "document_unreadable": (422, "Document unreadable"),
     "unauthorized": (401, "Missing or invalid API key"),
     "auth_not_configured": (403, "No API keys configured for this route"),
+    "forbidden": (403, "This key may not do that"),
     "forbidden_path": (403, "Path outside the allowed ingestion roots"),
     "payload_too_large": (413, "Request body too large"),
     "rate_limited": (429, "Too many requests"),

@@ -147,7 +147,8 @@ def run(
 
 class Runner:
     """One loaded model per distinct backend configuration (configurations that differ only in the prompt share
-    one), the sample corpus indexed once, and one retrieval per question shared by every configuration."""
+    one, unless the prompt cache is on), the sample corpus indexed once, and one retrieval per question shared by
+    every configuration."""
 
     def __init__(self, base: Settings, variants: dict[str, dict[str, Any]]) -> None:
         from ingest.pipeline import IngestionPipeline
@@ -166,7 +167,9 @@ class Runner:
         backends: dict[str, LocalBackend] = {}
         for name, overrides in variants.items():
             settings = base.with_overrides(**overrides)
-            key = json.dumps({k: v for k, v in overrides.items() if k != "context_chars"}, sort_keys=True)
+            # a prompt cache must not see another configuration's prompt for the same question (a repeat hit)
+            shared = {k: v for k, v in overrides.items() if k != "context_chars" or overrides["generator_cache_prompt"]}
+            key = json.dumps(shared, sort_keys=True)
             if key not in backends:
                 backends[key] = LocalBackend.from_settings(settings)
                 tick = time.perf_counter()

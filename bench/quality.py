@@ -172,7 +172,8 @@ def gather(
     pools = sorted({*pools, DEEP_POOL}) if dense_too else []
     dense: dict[int, list[list[Hit]]] = {pool: [] for pool in pools}
     bm25: list[list[Hit]] = []
-    vectors = embedder.embed(texts) if pools else [None] * len(texts)
+    # questions as the product embeds them (embed_query: with the model's query prefix, bge's instruction)
+    vectors = [embedder.embed_query(t) for t in texts] if pools else [None] * len(texts)
     for text, vector in zip(texts, vectors, strict=True):
         if pools:
             for pool in pools:
@@ -297,9 +298,13 @@ def check_against_retriever(
     settings: Settings, embedder: Any, query_ids: Sequence[str], queries: dict[str, str], cands: Candidates
 ) -> dict[str, Any]:
     """The offline fusion must rank like the product: compare top-10 documents with ``Retriever.retrieve``."""
+    from bench.retrieval_study import NullScorer
+    from rag.answering.rerank import Reranker
     from rag.answering.retrieval import Retriever
 
-    retriever = Retriever(settings, embedder=embedder)
+    # fusion only: the cross-encoder's scores do not change the fused order (reranking is off here)
+    null = Reranker(settings.with_overrides(rerank=False), encoder=NullScorer())  # type: ignore[arg-type]
+    retriever = Retriever(settings, embedder=embedder, reranker=null)
     same = 0
     checked = min(25, len(query_ids))
     dense = cands.dense_for(settings.candidate_k)

@@ -6,6 +6,8 @@ Correct (an answer that the pipeline returned, i.e. did not abstain):
   words (stemmed, stopwords removed), as the verifier extracts them; "new" means not already in the question. The
   answer must state at least one new fact, and either hold at least half of the reference's new facts, or state
   only facts of the reference (a terse right answer: "15 July 1799" for "On 15 July 1799, by French soldiers...");
+  an answer naming only an option the question offers ("Animal" for "plant, rock or animal?") counts when all its
+  facts are in the reference;
 - PubMedQA, answerable: it cites the gold abstract and the yes/no/maybe decision ``eval.metrics.extract_decision``
   reads from it equals the gold decision;
 - SciFact (BEIR), answerable: it cites a gold document;
@@ -39,7 +41,10 @@ def facts_match(answer: str, reference: str, question: str) -> bool:
     asked = key_facts(question)
     wanted = key_facts(reference) - asked
     stated = key_facts(answer) - asked
-    if not stated or not wanted:
+    if not stated:  # picks one of the options the question offers ("Animal" for "plant, rock or animal?")
+        chosen = key_facts(answer)
+        return bool(chosen) and chosen <= key_facts(reference)
+    if not wanted:
         return False
     return len(stated & wanted) / len(wanted) >= 0.5 or stated <= wanted
 

@@ -83,3 +83,27 @@ def test_every_direct_dependency_is_pinned_exactly_and_agrees_with_constraints()
         if _name(name) == "torch":  # installed first, alone, by scripts/setup.sh (the CPU build)
             continue
         assert pins.get(_name(name)) == version, f"{requirement}: constraints.txt has {pins.get(_name(name))}"
+
+
+def test_a_command_that_needs_the_eval_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    code = BLOCKER + (
+        "from typer.testing import CliRunner\n"
+        "from rag.cli import app\n"
+        "result = CliRunner().invoke(app, ['promote-model', 'some-model'])\n"
+        "print(result.exit_code)\n"
+        "print(result.output)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, ",".join(EVAL_ONLY_MODULES)],
+        cwd=REPO,
+        env={**env, "RAG_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    exit_code, _, output = done.stdout.partition("\n")
+    assert exit_code == "2", done.stdout + done.stderr[-2000:]
+    assert "needs the optional package 'mlflow': pip install 'ragkit[eval]'" in output
+    assert "Traceback" not in output

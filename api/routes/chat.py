@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -26,7 +27,7 @@ from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from api.deps import GUARD_PROBLEMS, KEY_PROBLEMS, QueryAccess, Services
+from api.deps import GUARD_PROBLEMS, KEY_PROBLEMS, QueryAccess, Services, check_collection
 from api.problems import ApiError, problem_responses
 from api.routes.query import record
 from api.schemas import FILTER_SCHEMA
@@ -41,6 +42,7 @@ CHAT_PROBLEMS = problem_responses(
     "store_unavailable", "overloaded", "model_error", "timeout", "generation_timeout",
 )  # fmt: skip
 STREAM_RESPONSES = {200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}, **CHAT_PROBLEMS}
+log = logging.getLogger("rag.api")
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
 
 router = APIRouter(tags=["chat"])
@@ -84,6 +86,7 @@ def prepare_turn(
         rewrite = rewriter.rewrite(
             question, history, probe=lambda q: pipeline.retrieve(q, top_k, mode, filters).top_dense
         )
+    log_rewrite(rewrite, request_id, pipeline.settings)
     iterator = pipeline.stream(
         rewrite.standalone_question,
         top_k=top_k,
@@ -94,6 +97,15 @@ def prepare_turn(
     )
     first = next(iterator)
     return PreparedTurn(rewrite, first, iterator)
+
+
+def log_rewrite(rewrite: Rewrite, request_id: str, settings: Settings) -> None:
+    """One log line per follow-up: the decision, method, time and any fallback; the texts only when
+    RAG_LOG_QUESTIONS=text (the same privacy rule as the query log)."""
+    record = rewrite.to_dict()
+    if settings.log_questions != "text":
+        del record["question"], record["standalone_question"]
+    log.info("follow-up %s", json.dumps(record), extra={"request_id": request_id})
 
 
 def drain(turn: PreparedTurn) -> Iterator[StreamEvent]:
@@ -260,6 +272,7 @@ def _complete(
 @router.post("/v1/chat", response_model=ChatResponse, responses=CHAT_PROBLEMS)
 async def chat(body: ChatRequest, request: Request, services: QueryAccess) -> ChatResponse:
     """Answer a follow-up using the session's (or the given) history; the rewrite is returned with the answer."""
+    check_collection(request, body.collection or services.settings.collection)
 
     def run() -> tuple[str | None, PreparedTurn, PipelineResult]:
         session, turn = _begin(services, body, request.state.request_id)
@@ -278,6 +291,7 @@ async def chat(body: ChatRequest, request: Request, services: QueryAccess) -> Ch
 @router.post("/v1/chat/stream", response_class=StreamingResponse, responses=STREAM_RESPONSES)
 async def chat_stream(body: ChatRequest, request: Request, services: QueryAccess) -> Response:
     """Server-sent events: one `rewrite` event, `token` events, then one `result` event (a ``ChatResponse``)."""
+    check_collection(request, body.collection or services.settings.collection)
     session, turn = await run_in_threadpool(_begin, services, body, request.state.request_id)
 
     def lines() -> Iterator[str]:

@@ -19,12 +19,12 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.deps import KEY_PROBLEMS, AdminAccess, Services
+from api.deps import KEY_PROBLEMS, AdminAccess, Services, check_collection, readable
 from api.jobs import Job
 from api.problems import ApiError, problem_responses
 from api.schemas import JobAccepted
@@ -204,11 +204,12 @@ async def read_uploads(files: list[UploadFile], settings: Settings) -> list[tupl
 @router.post("/v1/documents", status_code=202, response_model=UploadAccepted, responses=UPLOAD_PROBLEMS)
 async def upload_documents(
     files: Annotated[list[UploadFile], File(description="Documents (.txt .md .html .pdf) or .zip archives of them.")],
+    request: Request,
     services: AdminAccess,
     collection: Collection = None,
 ) -> UploadAccepted:
     """Store uploaded documents under data_dir and ingest them into the collection (202 + job)."""
-    name = collection or services.settings.collection
+    name = check_collection(request, collection or services.settings.collection)
     accepted = await read_uploads(files, services.settings)
     stored, created = await run_in_threadpool(store_files, upload_root(services.settings, name), accepted)
     try:
@@ -271,21 +272,24 @@ def describe(settings: Settings, collection: str) -> DocumentList:
 
 @router.get("/v1/collections/{collection}/documents", response_model=DocumentList, responses=LIST_PROBLEMS)
 async def list_documents(
-    collection: Annotated[str, PathParam(pattern=COLLECTION_NAME_PATTERN)], services: AdminAccess
+    collection: Annotated[str, PathParam(pattern=COLLECTION_NAME_PATTERN)], request: Request, services: AdminAccess
 ) -> DocumentList:
     """The collection's documents with their index status (indexed, pending, stale).
 
     (Not ``GET /v1/documents``: two routes on one path answer 405 with only one route's ``Allow`` methods.)
     """
-    return await run_in_threadpool(describe, services.settings, collection)
+    return await run_in_threadpool(describe, services.settings, check_collection(request, collection))
 
 
 @router.delete("/v1/documents/{doc_id:path}", status_code=202, response_model=JobAccepted, responses=DELETE_PROBLEMS)
 async def delete_document(
-    doc_id: Annotated[str, PathParam(max_length=300)], services: AdminAccess, collection: Collection = None
+    doc_id: Annotated[str, PathParam(max_length=300)],
+    request: Request,
+    services: AdminAccess,
+    collection: Collection = None,
 ) -> JobAccepted:
     """Delete one uploaded document: its file goes now, its chunks with the sync job (202 + job)."""
-    name = collection or services.settings.collection
+    name = check_collection(request, collection or services.settings.collection)
     root = upload_root(services.settings, name)
     parts = PurePosixPath(doc_id).parts
     if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{16}", parts[0]):
@@ -330,6 +334,8 @@ def collection_infos(settings: Settings) -> list[CollectionInfo]:
 
 
 @router.get("/v1/collections", response_model=list[CollectionInfo], responses=LIST_PROBLEMS)
-async def list_collections(services: AdminAccess) -> list[CollectionInfo]:
-    """Every ingested collection with its size and index version."""
-    return await run_in_threadpool(collection_infos, services.settings)
+async def list_collections(request: Request, services: AdminAccess) -> list[CollectionInfo]:
+    """Every ingested collection (that the key may read) with its size and index version."""
+    infos = await run_in_threadpool(collection_infos, services.settings)
+    allowed = set(readable(request, [info.name for info in infos]))
+    return [info for info in infos if info.name in allowed]

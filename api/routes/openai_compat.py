@@ -35,7 +35,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.deps import QueryAccess, Services
+from api.deps import QueryAccess, Services, check_collection, readable
 from api.problems import PROBLEMS, ApiError, code_for
 from api.routes.chat import PreparedTurn, drain, finish, prepare_turn
 from api.routes.query import record
@@ -176,17 +176,19 @@ def collection_of(model: str, settings: Settings) -> str:
 
 
 @router.get("/v1/models", response_model=ModelList, responses=MODELS_ERRORS)
-async def list_models(services: QueryAccess) -> ModelList:
-    """One model per ingested collection."""
-    settings = services.settings
-    cards = [ModelCard(id=model_id(name), created=created) for name, created in collections(settings)]
+async def list_models(request: Request, services: QueryAccess) -> ModelList:
+    """One model per ingested collection (those the key may read)."""
+    found = dict(collections(services.settings))
+    cards = [ModelCard(id=model_id(name), created=found[name]) for name in readable(request, list(found))]
     return ModelList(data=cards)
 
 
 @router.get("/v1/models/{model}", response_model=ModelCard, responses=MODELS_ERRORS)
-async def get_model(model: Annotated[str, PathParam(max_length=200)], services: QueryAccess) -> ModelCard:
+async def get_model(
+    model: Annotated[str, PathParam(max_length=200)], request: Request, services: QueryAccess
+) -> ModelCard:
     """One model (collection) by id."""
-    name = collection_of(model, services.settings)
+    name = check_collection(request, collection_of(model, services.settings))
     created = dict(collections(services.settings)).get(name, 0)
     return ModelCard(id=model_id(name), created=created)
 
@@ -281,6 +283,7 @@ def _start(services: Services, body: ChatCompletionRequest, request_id: str) -> 
 async def chat_completions(body: ChatCompletionRequest, request: Request, services: QueryAccess) -> Response:
     """An OpenAI chat completion answered by ragkit (``stream: true`` for server-sent chunks)."""
     request_id = request.state.request_id
+    check_collection(request, collection_of(body.model, services.settings))
     if body.stream:
         turn = await run_in_threadpool(_start, services, body, request_id)
         chunks = stream_chunks(services, body, turn, f"chatcmpl-{request_id}")

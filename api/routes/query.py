@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
-from api.deps import GUARD_PROBLEMS, KEY_PROBLEMS, QueryAccess, Services
+from api.deps import GUARD_PROBLEMS, KEY_PROBLEMS, QueryAccess, Services, check_collection
 from api.problems import ApiError, problem_responses
 from api.schemas import QueryRequest
 from rag.answering.pipeline import PipelineResult, QueryResponse, ResultEvent, StreamEvent, TokenEvent
@@ -70,8 +70,9 @@ def sse_lines(services: Services, body: QueryRequest, first: StreamEvent, rest: 
 
 
 @router.get("/v1/info", responses=INFO_PROBLEMS)
-async def info(services: QueryAccess) -> dict[str, Any]:
+async def info(request: Request, services: QueryAccess) -> dict[str, Any]:
     """Versions and the pipeline configuration this process serves."""
+    check_collection(request, services.settings.collection)
     pipeline = services.pipeline()
     return {
         "versions": pipeline.versions(pipeline.retriever.index_version()).model_dump(),
@@ -82,6 +83,7 @@ async def info(services: QueryAccess) -> dict[str, Any]:
 @router.post("/v1/query", response_model=QueryResponse, responses=QUERY_PROBLEMS)
 async def query(body: QueryRequest, request: Request, services: QueryAccess) -> QueryResponse:
     """Answer a question with citations, or abstain with the fixed answer."""
+    check_collection(request, body.collection or services.settings.collection)
 
     def run() -> PipelineResult:
         for event in events(services, body, request.state.request_id):
@@ -100,6 +102,7 @@ async def query(body: QueryRequest, request: Request, services: QueryAccess) -> 
 @router.post("/v1/query/stream", response_class=StreamingResponse, responses=STREAM_RESPONSES)
 async def query_stream(body: QueryRequest, request: Request, services: QueryAccess) -> Response:
     """Server-sent events: `token` events with text deltas, then one `result` event with the full response."""
+    check_collection(request, body.collection or services.settings.collection)
     iterator = events(services, body, request.state.request_id)
     first = await run_in_threadpool(next, iterator)  # validation, retrieval and queueing errors → HTTP problems
     return StreamingResponse(

@@ -4,10 +4,12 @@ injection hidden in an earlier turn (with a real local model rewriting and answe
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.routes.chat import ChatResponse, SessionStore
@@ -29,8 +31,25 @@ def chat(client: TestClient, **body: object) -> dict:
     return response.json()
 
 
-def test_session_follow_up_is_rewritten_and_finds_the_document(make_client: Client) -> None:
+def test_session_follow_up_is_rewritten_and_finds_the_document(
+    make_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     client = make_client()
+    logger = logging.getLogger("rag.api")  # the API logger does not propagate: listen to it directly
+    logger.addHandler(caplog.handler)
+    try:
+        follow = _ask_follow_up(client)
+    finally:
+        logger.removeHandler(caplog.handler)
+    logged = [
+        r.getMessage().removeprefix("follow-up ") for r in caplog.records if r.getMessage().startswith("follow-up ")
+    ]
+    assert len(logged) == 2 and json.loads(logged[-1])["rewritten"] and "seconds" in json.loads(logged[-1])
+    assert "standalone_question" not in json.loads(logged[-1])  # RAG_LOG_QUESTIONS=hash: no question text
+    assert not follow["abstained"] and follow["citations"][0]["doc_id"] == "history/rosetta_stone.html"
+
+
+def _ask_follow_up(client: TestClient) -> dict:
     first = chat(client, question=FIRST)
     assert first["rewrite"]["reason"] == "no_history" and not first["rewrite"]["rewritten"]
     session = first["session_id"]
@@ -40,7 +59,7 @@ def test_session_follow_up_is_rewritten_and_finds_the_document(make_client: Clie
     assert rewrite["rewritten"] and rewrite["reason"] == "reference" and rewrite["history_turns"] == 2
     assert rewrite["method"] == "concat"  # the extractive generator has no LLM: the heuristic rewrite
     assert rewrite["standalone_question"] == "When was the Rosetta Stone found?"
-    assert not follow["abstained"] and follow["citations"][0]["doc_id"] == "history/rosetta_stone.html"
+    return follow
 
 
 def test_explicit_messages_are_used_and_nothing_is_stored(make_client: Client, sample_data_dir: Path) -> None:

