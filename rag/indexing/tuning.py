@@ -534,6 +534,7 @@ def rebuilt_base(models_dir: Path, progress: Callable[[str], None] = log.info) -
                 f"the rebuilt fp32 bge-small disagrees with its int8 source (min cosine {check['min']:.3f})"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
+        staging.chmod(0o755)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -575,6 +576,7 @@ def tune_embedder(
         name = f"bge-small-en-v1.5-tuned-{version}"
         write_manifest(staging, name, config, int(BGE_SMALL_DESCRIPTION["max_tokens"]), extra)
         target = tuned_root / version
+        staging.chmod(0o755)  # mkdtemp makes it owner-only; the model is read by the API's user too
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
