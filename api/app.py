@@ -17,7 +17,7 @@ from api.guards import BodySizeLimit
 from api.middleware import observe
 from api.observability import configure_json_logging
 from api.problems import install_problem_handlers
-from api.routes import chat, documents, ingest, openai_compat, ops, query
+from api.routes import chat, documents, feedback, ingest, openai_compat, ops, query
 from rag.console import load_settings
 from rag.runtime import configure_runtime
 from rag.settings import Settings
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.middleware("http")(observe)
     for router in (ops.router, query.router, ingest.router, chat.router, openai_compat.router, documents.router):
         app.include_router(router)
+    app.include_router(feedback.router)
     return app
 
 

@@ -69,8 +69,24 @@ class Metrics:
         self.drift_available = Gauge(
             "rag_drift_report_available", "1 when a readable query-log drift report exists", registry=self.registry
         )
+        self.feedback = Counter(
+            "rag_feedback_total", "User feedback on answers by rating (up or down)", ["rating"], registry=self.registry
+        )
+        self.feedback_negative_rate = Gauge(
+            "rag_feedback_negative_rate",
+            "Share of the last 200 feedback ratings (this process) that were thumbs down",
+            registry=self.registry,
+        )
         self._recent: deque[bool] = deque(maxlen=200)
+        self._recent_feedback: deque[bool] = deque(maxlen=200)
         self._lock = threading.Lock()
+
+    def observe_feedback(self, rating: str) -> None:
+        """Count one rating; the negative rate is what `rag drift` reports per window, live."""
+        self.feedback.labels(rating=rating).inc()
+        with self._lock:
+            self._recent_feedback.append(rating == "down")
+            self.feedback_negative_rate.set(sum(self._recent_feedback) / len(self._recent_feedback))
 
     def observe_drift(self, status: dict[str, Any]) -> None:
         """Copy the latest query-log drift verdict (from `rag drift`) into the gauges."""

@@ -196,7 +196,11 @@ class Runner:
         for i, row in enumerate(questions):
             self.pipelines[names[0]].retrieve(row["question"])  # retrieval outside every timed call
             for name in names[i % len(names) :] + names[: i % len(names)]:
-                records[name].append(self.answer(name, row))
+                try:
+                    records[name].append(self.answer(name, row))
+                except Exception as exc:  # a failure downstream of the model must not lose the whole run
+                    print(f"[bench generator] {name} {row['id']} failed: {type(exc).__name__}: {exc}", flush=True)
+                    records[name].append(failed(row, exc))
             print(f"[bench generator] question {i + 1}/{len(questions)} done", flush=True)
         return records
 
@@ -220,6 +224,29 @@ class Runner:
             flush=True,
         )
         return measured
+
+
+def failed(row: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """A question that raised: kept in the records (with its error), left out of every summary and pair."""
+    nan = float("nan")
+    return {
+        "id": row["id"],
+        "answerable": row["answerable"],
+        "generated": False,
+        "error": f"{type(exc).__name__}: {exc}",
+        "ttft_s": None,
+        "total_s": None,
+        "prompt_tokens": None,
+        "cached_tokens": 0,
+        "completion_tokens": None,
+        "prompt_s": None,
+        "decode_s": None,
+        "abstained": None,
+        "f1": nan,
+        "cited_reference_doc": nan,
+        "abstention_correct": nan,
+        "answer": "",
+    }
 
 
 def record(row: dict[str, Any], result: Any, first: float | None, total: float) -> dict[str, Any]:
@@ -307,8 +334,9 @@ def summarise(name: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         "cached_tokens_p50": percentiles([r.get("cached_tokens") or 0 for r in gen], (50,))["p50"],
         "gen_tps": round(decoded / decode_s, 1) if decode_s else None,
         "ttft_p50_s": percentiles([r["ttft_s"] for r in gen if r["ttft_s"] is not None], (50,))["p50"],
-        "answer_p50_s": percentiles([r["total_s"] for r in records], (50,))["p50"],
-        "answer_p90_s": percentiles([r["total_s"] for r in records], (90,))["p90"],
+        "answer_p50_s": percentiles([r["total_s"] for r in records if r["total_s"] is not None], (50,))["p50"],
+        "answer_p90_s": percentiles([r["total_s"] for r in records if r["total_s"] is not None], (90,))["p90"],
+        "failed": sum(1 for r in records if r.get("error")),
         "token_f1": mean("f1"),
         "cited_reference_doc": mean("cited_reference_doc"),
         "abstention_correct": mean("abstention_correct"),
@@ -325,20 +353,22 @@ def add_ratios(row: dict[str, Any], baseline: dict[str, Any]) -> None:
 def paired_differences(records: dict[str, list[dict[str, Any]]], baseline: str) -> dict[str, Any]:
     """Each configuration minus ``baseline``, question by question: mean and bootstrap 95% CI; for times, the
     geometric mean of per-question ratios with its CI."""
-    base = {r["id"]: r for r in records[baseline]}
+    base = {r["id"]: r for r in records[baseline] if not r.get("error")}
     result: dict[str, Any] = {}
     for name, recs in records.items():
         if name == baseline:
             continue
         result[name] = {}
         for key in ("f1", "cited_reference_doc", "abstention_correct"):
-            diffs = np.asarray([float(r[key]) - float(base[r["id"]][key]) for r in recs], dtype=float)
+            diffs = np.asarray(
+                [float(r[key]) - float(base[r["id"]][key]) for r in recs if r["id"] in base], dtype=float
+            )
             diffs = diffs[np.isfinite(diffs)]
             if len(diffs):
                 low, high = bootstrap_ci(diffs, n_resamples=1000, seed=0)
                 result[name][key] = {"mean": round(float(diffs.mean()), 3), "ci95": [round(low, 3), round(high, 3)]}
         for key in ("ttft_s", "total_s"):
-            pairs = [(r[key], base[r["id"]][key]) for r in recs if r[key] and base[r["id"]][key]]
+            pairs = [(r[key], base[r["id"]][key]) for r in recs if r["id"] in base and r[key] and base[r["id"]][key]]
             if pairs:
                 logs = np.log(np.asarray([a / b for a, b in pairs], dtype=float))
                 low, high = bootstrap_ci(logs, n_resamples=1000, seed=0)

@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
     """Add ``eval``, ``promote``, ``tune-embedder`` and ``calibrate`` to the ``rag`` command."""
     app.command("eval")(handles_errors(eval_command))
     app.command("promote")(handles_errors(promote_command))
+    app.command("report")(handles_errors(report_command))  # issue 16: the static dashboard
     from eval.tune import register as register_tune  # `rag tune-embedder` (issue 12)
 
     register_tune(app)
@@ -62,6 +63,10 @@ def eval_command(
         False, "--log-pending", help="Log saved runs that did not reach MLflow, then exit."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    from_feedback: bool = typer.Option(
+        False, "--from-feedback", help="Write a labelled set from rated answers (needs RAG_LOG_QUESTIONS=text), exit."
+    ),
+    output: Path | None = typer.Option(None, "--output", help="Where --from-feedback writes its JSONL set."),
 ) -> None:
     """Evaluate the query pipeline on a labelled dataset: retrieval, answers, RAGAS, slices, MLflow, gate."""
     from eval.gate import PRIMARY_METRICS
@@ -72,6 +77,9 @@ def eval_command(
     settings = load_settings(generator=generator)
     if log_pending:
         _log_pending(settings, as_json)
+        return
+    if from_feedback:
+        _from_feedback(settings, output, as_json)
         return
     if dataset is None:
         raise InvalidInputError("--dataset is required", hint="e.g. rag eval --dataset samples/qa/sample_qa.jsonl")
@@ -127,6 +135,29 @@ def promote_command(
     if baseline.previous:
         typer.echo(f"replaced config {baseline.previous['config_version']} (run {baseline.previous['run_id']})")
     typer.echo(f"baseline written to {production_path(settings)}")
+
+
+def report_command(
+    output: Path | None = typer.Option(None, "--output", help="HTML file (default data_dir/reports/dashboard.html)."),
+) -> None:
+    """Write one static HTML dashboard: eval runs vs production, slices, calibration, drift and feedback."""
+    from eval.dashboard import write_dashboard
+
+    typer.echo(str(write_dashboard(load_settings(), output)))
+
+
+def _from_feedback(settings: Settings, output: Path | None, as_json: bool) -> None:
+    from eval.feedback import dataset_from_feedback
+
+    summary = dataset_from_feedback(settings, output)
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    typer.echo(
+        f"wrote {summary.samples} labelled questions from {summary.rated} rated answers to {summary.output} "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(summary.by_label.items()))}); "
+        f"evaluate with: rag eval --dataset {summary.output}"
+    )
 
 
 def _log_pending(settings: Settings, as_json: bool) -> None:

@@ -265,6 +265,17 @@ class Settings(BaseSettings):
         default_factory=list, description="Roots the API may ingest from (comma-separated paths or a JSON list)."
     )
 
+    # --- user feedback (api/routes/feedback.py, rag/ml/query_log.py FeedbackLog; `rag eval --from-feedback`)
+    feedback_max_comment_chars: int = Field(
+        1000, ge=1, le=10000, description="Longer feedback comments are rejected with 422."
+    )
+    feedback_log_max_bytes: int = Field(
+        10_000_000,
+        ge=4096,
+        description="The feedback log (next to the query log) is rotated to feedback.jsonl.1 past this size; "
+        "one old file is kept.",
+    )
+
     # --- chat and integrations (rag/answering/conversation.py, api/routes/{chat,openai_compat,documents}.py)
     chat_rewriter: Literal["model", "concat", "none"] = Field(
         "model",

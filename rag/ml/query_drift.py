@@ -44,7 +44,14 @@ from rag.ml.drift import (
     histogram,
     population_stability_index,
 )
-from rag.ml.query_log import QueryLogRecord, read_query_log
+from rag.ml.query_log import (
+    FeedbackLog,
+    FeedbackRecord,
+    QueryLogRecord,
+    feedback_log_path,
+    feedback_summary,
+    read_query_log,
+)
 
 DEFAULT_REFERENCE_SIZE = 500
 DEFAULT_CURRENT_SIZE = 200
@@ -72,7 +79,9 @@ def parse_interval(text: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _describe(records: Sequence[QueryLogRecord], source: str, how: str) -> dict[str, Any]:
+def _describe(
+    records: Sequence[QueryLogRecord], source: str, how: str, feedback: Mapping[str, FeedbackRecord] | None = None
+) -> dict[str, Any]:
     stamps = [r.timestamp() for r in records]
     return {
         "source": source,
@@ -84,6 +93,7 @@ def _describe(records: Sequence[QueryLogRecord], source: str, how: str) -> dict[
             key: dict(Counter(str(getattr(r.versions, key)) for r in records))
             for key in ("index", "embedding_model", "generator", "prompt")
         },
+        "feedback": feedback_summary(records, feedback or {}),
     }
 
 
@@ -247,8 +257,12 @@ def compare_query_windows(
     min_auc: float = DEFAULT_MIN_AUC,
     seed: int = 0,
     with_histograms: bool = True,
+    feedback: Mapping[str, FeedbackRecord] | None = None,
 ) -> DriftReport:
-    """Drift report between two windows of query records (see the module docstring for the tests)."""
+    """Drift report between two windows of query records (see the module docstring for the tests).
+
+    With ``feedback`` (request_id → latest rating), the negative-feedback rate of each window is compared too.
+    """
     if not reference or not current:
         raise InvalidInputError(
             f"both windows need records (reference {len(reference)}, current {len(current)})",
@@ -260,6 +274,7 @@ def compare_query_windows(
     results += _embedding_results(
         reference, current, n_components, pca_fit, min_auc, seed, warnings, histograms if with_histograms else None
     )
+    results += _feedback_results(reference, current, feedback or {}, histograms if with_histograms else None)
     versions_changed = [
         key
         for key in ("index", "embedding_model", "generator", "prompt")
@@ -308,6 +323,23 @@ def _scalar_results(
             histograms[name] = histogram(ref_arr, cur_arr, kind)  # type: ignore[arg-type]
 
     return results
+
+
+def _feedback_results(
+    reference: Sequence[QueryLogRecord],
+    current: Sequence[QueryLogRecord],
+    feedback: Mapping[str, FeedbackRecord],
+    histograms: dict[str, Histogram] | None,
+) -> list[DriftResult]:
+    """Negative-feedback share of the rated answers (chi-squared), when both windows hold ratings."""
+    ref = [feedback[r.request_id].rating == "down" for r in reference if r.request_id in feedback]
+    cur = [feedback[r.request_id].rating == "down" for r in current if r.request_id in feedback]
+    if not ref or not cur:
+        return []
+    ref_arr, cur_arr = np.asarray(ref, dtype=object), np.asarray(cur, dtype=object)
+    if histograms is not None:
+        histograms["negative_feedback"] = histogram(ref_arr, cur_arr, "categorical")
+    return feature_results("negative_feedback", ref_arr, cur_arr, "categorical", ("chi2",))
 
 
 def _embedding_results(
@@ -389,6 +421,7 @@ def query_log_drift(
       current window, everything after the reference window's end.
     """
     ref_log = read_query_log(reference_path)
+    feedback = FeedbackLog(feedback_log_path(reference_path)).latest_by_request()
     warnings: list[str] = []
     if ref_log.malformed:
         warnings.append(f"{ref_log.malformed} malformed lines skipped in {reference_path}")
@@ -430,14 +463,15 @@ def query_log_drift(
     report = compare_query_windows(
         reference,
         current,
-        reference_info=_describe(reference, ref_source, ref_how) if reference else {"records": 0},
-        current_info=_describe(current, cur_source, cur_how) if current else {"records": 0},
+        reference_info=_describe(reference, ref_source, ref_how, feedback) if reference else {"records": 0},
+        current_info=_describe(current, cur_source, cur_how, feedback) if current else {"records": 0},
         alpha=alpha,
         thresholds=thresholds,
         n_components=n_components,
         pca_fit=pca_fit,
         min_auc=min_auc,
         seed=seed,
+        feedback=feedback,
     )
     if warnings:
         report = report.model_copy(update={"warnings": [*warnings, *report.warnings]})

@@ -62,7 +62,7 @@ RECIPES: dict[str, QuantRecipe] = {
     "q4_k_q8": QuantRecipe(
         "q4_k_q8",
         (("Q6_K", "Q8_0"),),
-        None,
+        "cbfdb0e32a5856f9dd113b1ead18ab158d439bf9abf47ebaf6fc6fc904130b7e",
         "only the Q6_K matrices (no repacked kernel) to Q8_0; Q4_K matrices unchanged",
     ),
 }
