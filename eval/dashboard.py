@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 MAX_RUNS = 8
 MAX_SLICES = 14
-HEADLINE_METRICS = ("recall@5", "ndcg@10", "mrr", "faithfulness", "answer_correctness", "abstention_accuracy")
+HEADLINE_METRICS = (
+    "ndcg_at_10", "recall_at_10", "mrr_at_10", "hit_at_1", "faithfulness", "answer_correctness", "abstention_accuracy",
+)  # fmt: skip
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -78,7 +80,8 @@ class DashboardData:
             log.warning("dashboard: %s", exc)
         if data.runs and (Path(data.runs[-1]["_dir"]) / "slices.csv").is_file():
             with (Path(data.runs[-1]["_dir"]) / "slices.csv").open(encoding="utf-8") as handle:
-                data.slices = list(csv.DictReader(handle))
+                rows = csv.DictReader(handle)
+                data.slices = [r for r in rows if r.get("status") != "overall" and r.get("value") not in ("", None)]
         calibrations = sorted(
             (settings.data_dir / "calibration").glob("*-summary.json"), key=lambda p: p.stat().st_mtime
         )
@@ -97,7 +100,7 @@ def _svg(figure: Any) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(figure)
     text = buffer.getvalue()
     return text[text.find("<svg") :]
@@ -140,7 +143,7 @@ def eval_runs_svg(runs: list[dict[str, Any]], production: dict[str, Any] | None)
             ax.axhline(float(baseline), color=colours[i], linestyle="--", linewidth=1)
     labels = []
     for run in runs:
-        is_prod = production and run.get("mlflow_run_id") and run.get("mlflow_run_id") == production.get("run_id")
+        is_prod = production and production.get("run_id") in {run.get("mlflow_run_id"), run.get("run_name")}
         labels.append(("★ " if is_prod else "") + str(run.get("run_name", "?"))[-22:])
     ax.set_xticks(range(len(runs)), labels, rotation=25, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
@@ -152,7 +155,7 @@ def eval_runs_svg(runs: list[dict[str, Any]], production: dict[str, Any] | None)
 
 def slices_svg(slices: list[dict[str, str]]) -> str:
     """One metric across slices (the one with flagged slices, else the most rows), with CIs and overall."""
-    usable = [s for s in slices if s.get("value") not in ("", None) and s.get("status") != "overall"]
+    usable = slices
     by_metric = Counter(s["metric"] for s in usable)
     flagged = [s["metric"] for s in usable if s.get("flagged") == "True"]
     metric = flagged[0] if flagged else by_metric.most_common(1)[0][0]
@@ -202,7 +205,7 @@ def calibration_svg(test: dict[str, Any]) -> str:
 def drift_svg(reports: list[dict[str, Any]]) -> str:
     """Per report over time: drifted features (bars, red when the verdict is drift) and negative feedback."""
     fig, ax = _figure(7.5, 3.2)
-    stamps = [str(r.get("generated_at", "?"))[:16] for r in reports]
+    stamps = [str(r.get("generated_at", "?"))[:19] for r in reports]
     counts = [len(r.get("drifted_features", [])) for r in reports]
     ax.bar(range(len(reports)), counts, color=["#c44e52" if r.get("drift") else "#55a868" for r in reports])
     ax.set_ylabel("drifted features")
@@ -245,16 +248,23 @@ def _panel(panel_id: str, title: str, body: str, empty: str | None = None) -> st
 
 def _runs_table(runs: list[dict[str, Any]]) -> str:
     rows = []
+    names = [m for m in HEADLINE_METRICS if any(_metric(r.get("metrics", {}).get(m)) for r in runs)]
     for run in reversed(runs):
         cells = []
-        for name in HEADLINE_METRICS:
+        for name in names:
             point = _metric(run.get("metrics", {}).get(name))
             cells.append(f"{point[0]:.3f} [{point[0] - point[1]:.3f}, {point[0] + point[2]:.3f}]" if point else "–")
         dataset = (run.get("dataset") or {}).get("name", "?")
         rows.append(f"<tr><td>{html.escape(str(run.get('run_name')))}</td><td>{html.escape(str(dataset))}</td>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in HEADLINE_METRICS)
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in names)
     return f"<table><tr><th>run</th><th>dataset</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _no_slices(runs: list[dict[str, Any]]) -> str:
+    skipped = (runs[-1].get("skipped_slice_columns") or {}) if runs else {}
+    reasons = "; ".join(f"{column}: {why}" for column, why in skipped.items())
+    return "no slice of the latest run is large enough to score" + (f" ({reasons})" if reasons else "")
 
 
 def _safe(render: Any, *args: Any) -> str:
@@ -288,14 +298,14 @@ def render_dashboard(data: DashboardData) -> str:
         _panel(
             "eval",
             "Evaluation runs vs production",
-            _safe(eval_runs_svg, data.runs, prod) + _runs_table(data.runs),
+            _safe(eval_runs_svg, data.runs, prod) + _runs_table(data.runs) if data.runs else "",
             None if data.runs else "no evaluation runs yet: run `rag eval --dataset FILE`",
         ),
         _panel(
             "slices",
             "Slices of the latest run",
             _safe(slices_svg, data.slices) if data.slices else "",
-            None if data.slices else "no slices in the latest run",
+            None if data.slices else _no_slices(data.runs),
         ),
         _panel(
             "calibration",

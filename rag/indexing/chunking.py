@@ -8,6 +8,7 @@ BM25 see: a passage about "food" is then found by a question about "the waggle d
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ class ChunkerConfig:
     chunk_overlap: int
     embed_titles: bool = True
     embed_sections: bool = True
+    split_at_sections: bool = True  # a chunk never straddles a heading, so its section path is exact
     splitter: str = "RecursiveCharacterTextSplitter"
     separators: tuple[str, ...] = tuple(SEPARATORS)
 
@@ -47,6 +49,7 @@ class ChunkerConfig:
             "embed_titles": self.embed_titles,
             # a changed value changes the config hash, hence the index version: existing indexes re-embed
             "embed_sections": "title › heading path" if self.embed_sections else False,
+            "split_at_sections": self.split_at_sections,
             "separators": list(self.separators),
         }
 
@@ -87,7 +90,11 @@ class Chunker:
         return document.section_of(start, start + len(text)) if self.config.embed_sections else ""
 
     def split(self, document: Document) -> list[Chunk]:
-        pieces = self._spans(document.text, self._splitter.split_text(document.text), 0)
+        pieces: list[tuple[int, str]] = []
+        for start, end in self._section_bounds(document):
+            part = document.text[start:end]
+            if part.strip():
+                pieces.extend(self._spans(part, self._splitter.split_text(part), start))
         pieces = self._enforce_token_limit(document, pieces)
         sections = [self.section(document, start, text) for start, text in pieces]
         embed_texts = [
@@ -116,6 +123,14 @@ class Chunker:
                 )
             )
         return chunks
+
+    def _section_bounds(self, document: Document) -> list[tuple[int, int]]:
+        """Spans split separately: the whole text, or (``split_at_sections``) each section on its own."""
+        end = len(document.text)
+        if not (self.config.embed_sections and self.config.split_at_sections and document.sections):
+            return [(0, end)]
+        bounds = sorted({0, end, *(offset for offset, _ in document.sections if 0 < offset < end)})
+        return list(itertools.pairwise(bounds))
 
     @staticmethod
     def _spans(text: str, pieces: list[str], offset: int) -> list[tuple[int, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from ingest.report import IngestionSummary
 from rag.answering.retrieval import Retriever
@@ -15,17 +16,39 @@ from tests.conftest import SAMPLES
 WAGGLE = "How a Honeybee Colony Works › The waggle dance"
 
 
-def test_honeybee_question_retrieves_the_waggle_dance_section(
-    ingest: Callable[..., IngestionSummary], embedder: Embedder, make_settings: Callable[..., Settings]
+def long_section_doc(tmp_path: Path) -> Path:
+    """A section three chunks long: only its first chunk holds the heading line itself."""
+    body = [
+        "A forager that finds a rich source of food returns to the hive and moves on the vertical face of the comb. "
+        * 4,
+        "The angle of her run relative to vertical tells other bees the direction of the food relative to the sun. "
+        * 4,
+        "The duration of the run indicates how far away the food is; longer runs mean more distant flowers. " * 4,
+    ]
+    path = tmp_path / "docs" / "bees.md"
+    path.parent.mkdir()
+    path.write_text("# Honeybees\n\nBees live in colonies.\n\n## The waggle dance\n\n" + "\n\n".join(body)
+                    + "\n\n## Swarming\n\nColonies reproduce by swarming in spring.\n")
+    return path.parent
+
+
+def test_every_chunk_of_a_long_section_is_found_by_its_heading(
+    ingest: Callable[..., IngestionSummary], embedder: Embedder, make_settings: Callable[..., Settings],
+    tmp_path: Path,
 ) -> None:
-    ingest(SAMPLES / "corpus")
-    settings = make_settings()
-    retriever = Retriever(settings, embedder=embedder)
-    result = retriever.retrieve("How do honeybees communicate the location of flowers?", k=3, mode="hybrid")
-    sections = [c.metadata.get("section") for c in result.chunks]
-    assert WAGGLE in sections, sections
-    top = next(c for c in result.chunks if c.metadata.get("section") == WAGGLE)
-    assert "waggle run" in top.text and top.doc_id == "science/honeybees.md"
+    source = long_section_doc(tmp_path)
+    found: dict[bool, list[str]] = {}
+    for on in (False, True):  # same data dir: switching the setting changes the index version and re-embeds
+        ingest(source, embed_sections=on)
+        retriever = Retriever(make_settings(embed_sections=on), embedder=embedder)
+        chunks = retriever.retrieve("waggle dance", k=10, mode="bm25").chunks
+        found[on] = [c.text for c in chunks]
+        if on:
+            dance = [c for c in chunks if c.metadata.get("section") == "Honeybees › The waggle dance"]
+            assert len(dance) >= 3 and all("food" in c.text for c in dance)
+    assert len(found[True]) >= 3 and len(found[False]) == 1  # without the prefix only the heading's own chunk
+    assert any("how far away" in text for text in found[True])
+    assert not any("how far away" in text for text in found[False])
 
 
 def test_sections_are_stored_and_indexed_for_bm25(
