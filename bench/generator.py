@@ -61,7 +61,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 BUNDLED_ONLY = ("generator_quant", "generator_draft")  # need the bundled Qwen model
 QUICK_CONFIGS = ("today", "ubatch128", "threads1", "ctx600")
-DEFAULT_CONFIGS = ("today", "q4_0", "q8_0", "ubatch128", "prefix_cache", "ctx600", "default")
+DEFAULT_CONFIGS = ("today", "prefix_cache+ctx400", "prefix_cache+ctx600", "q4_0", "default")
 FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8")
 BUILD_FEATURES = ("avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
 
@@ -133,7 +133,7 @@ def run(
         link.unlink()
     if not link.exists():
         link.symlink_to(models, target_is_directory=True)
-    base = Settings(data_dir=data_dir, embedding_backend=backend, generator="local")  # type: ignore[arg-type]
+    base = Settings(data_dir=data_dir, embedding_backend=backend, generator="local")
     base = base.with_overrides(generator_model_path=smollm2_path() if quick else None)
     variants = {name: config_overrides(name, Settings()) for name in names}
     if quick:

@@ -123,7 +123,8 @@ def replay(
     out = []
     for row in rows:
         doc_of = {cid: doc for cid, doc, _, _ in row.chunks}
-        outcome = reranker.rerank(row.question.text, [(c, p, f) for c, _, p, f in row.chunks], DEPTH)
+        # k=1: the re-scored head is the top ``candidates`` (as in the product, where top_k <= candidates)
+        outcome = reranker.rerank(row.question.text, [(c, p, f) for c, _, p, f in row.chunks], 1)
         out.append([doc_of[cid] for cid in outcome.order])
     return out
 

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from eval.calibration_data import BuildOptions, CollectionPlan, Collector, build_plans
-from rag.errors import InvalidInputError
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,14 +144,14 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
     rows = [[feature_value(o.features, s) for s in specs] for o in fit]
     x = np.array(rows, dtype=float).reshape(len(fit), len(specs))
     y = np.array([o.correct for o in fit], dtype=float)
-    if not len(y):
-        raise InvalidInputError("the fit split holds no answers to fit on", hint="collect more questions")
-    if len(set(y)) < 2:  # one class: a constant model at the Laplace-smoothed rate, said so in the artifact
+    if len(set(y)) < 2:  # no answers or one class: a constant model at the Laplace-smoothed rate, said so
+        log.warning("the fit split has %d answers, %d right: fitting a constant model", len(y), int(y.sum()))
         cv: dict[str, Any] = {"note": f"fit split has one class ({int(y.sum())}/{len(y)} right): constant model"}
         kind = "logistic"
         rate = (y.sum() + 1) / (len(y) + 2)
-        params: dict[str, Any] = {"mean": x.mean(axis=0) if len(specs) else np.zeros(0), "scale": np.ones(len(specs)),
-                  "coef": np.zeros(len(specs)), "intercept": float(np.log(rate / (1 - rate))), "isotonic": None}
+        params: dict[str, Any] = {"mean": x.mean(axis=0) if len(y) else np.zeros(len(specs)),
+                                  "scale": np.ones(len(specs)), "coef": np.zeros(len(specs)),
+                                  "intercept": float(np.log(rate / (1 - rate))), "isotonic": None}
     else:
         cv = {kind: cross_validate(x, y, kind, l2=config.l2, seed=config.seed) for kind in config.kinds}
         kind = min(config.kinds, key=lambda k: (round(cv[k]["brier"], 12), config.kinds.index(k)))

@@ -74,8 +74,10 @@ def _file_corpus(settings: Settings, root: Path) -> dict[str, tuple[str, str]]:
     return docs
 
 
-def training_data(settings: Settings, dataset: Dataset) -> tuple[list[tuple[str, set[str]]], dict[str, str]]:
-    """(question, gold ids) samples and the passage text per document id."""
+def training_data(
+    settings: Settings, dataset: Dataset
+) -> tuple[list[tuple[str, set[str]]], dict[str, str], list[set[str]] | None]:
+    """(question, gold ids) samples, the passage text per id, and per sample the ids never to use as negatives."""
     samples = [(s.question, s.relevant_doc_ids) for s in dataset.samples if s.relevant_doc_ids]
     if not samples:
         raise InvalidInputError(
@@ -83,7 +85,7 @@ def training_data(settings: Settings, dataset: Dataset) -> tuple[list[tuple[str,
             hint="label questions with reference_doc_ids (JSONL) or use a BEIR qrels split",
         )
     if dataset.kind == "beir":
-        return samples, _beir_corpus(dataset.corpus[0])
+        return samples, _beir_corpus(dataset.corpus[0]), None
     if dataset.kind != "jsonl" or not dataset.corpus:
         raise InvalidInputError("a JSONL dataset needs --corpus (the documents its reference_doc_ids name)")
     docs = _file_corpus(settings, dataset.corpus[0])
@@ -96,8 +98,8 @@ def training_data(settings: Settings, dataset: Dataset) -> tuple[list[tuple[str,
             key = f"{doc_id}#q{number}"
             corpus[key] = _best_window(question, *docs[doc_id])
             ids.add(key)
-        paired.append((question, ids | gold))  # the whole-document id stays gold, so it is never a negative
-    return paired, corpus
+        paired.append((question, ids))
+    return paired, corpus, [gold for _, gold in samples]  # a gold document is never a negative
 
 
 def log_run(settings: Settings, result: TuneResult, stats: TrainStats, dataset: Dataset, experiment: str) -> str:
@@ -157,11 +159,13 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError("refusing to tune on the test split", hint="use --split train; report on test")
         settings = load_settings()
         data = load_dataset(dataset, split=split, corpus=corpus)
-        samples, passages = training_data(settings, data)
+        samples, passages, related = training_data(settings, data)
         config = TuneConfig(seed=seed, epochs=epochs, batch_size=batch_size, max_seq_length=max_seq_length,
                             learning_rate=learning_rate, hard_negatives=hard_negatives, threads=settings.torch_threads,
                             train_layers=train_layers, mini_batch_size=mini_batch_size)
-        result, stats = tune_embedder(settings.models_dir, samples, passages, config, progress=not as_json)
+        result, stats = tune_embedder(
+            settings.models_dir, samples, passages, config, related=related, progress=not as_json
+        )
         if mlflow:
             try:
                 result.run_id = log_run(settings, result, stats, data, experiment)

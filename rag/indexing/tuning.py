@@ -244,11 +244,20 @@ def mine_hard_negatives(
 
 
 def build_pairs(
-    samples: Sequence[tuple[str, set[str]]], corpus: dict[str, str], config: TuneConfig
+    samples: Sequence[tuple[str, set[str]]],
+    corpus: dict[str, str],
+    config: TuneConfig,
+    related: Sequence[set[str]] | None = None,
 ) -> list[TrainingPair]:
-    """One pair per (question, gold document present in the corpus), with a hard negative when asked."""
-    usable = [(q, {d for d in gold if d in corpus}) for q, gold in samples]
-    usable = [(q, gold) for q, gold in usable if gold]
+    """One pair per (question, gold passage present in the corpus), with a hard negative when asked.
+
+    ``related`` (per sample) names further ids that are neither positives nor negatives, e.g. the whole document
+    a gold passage was cut from.
+    """
+    extra = list(related) if related is not None else [set() for _ in samples]
+    rows = [(q, {d for d in gold if d in corpus}, gold | more) for (q, gold), more in zip(samples, extra, strict=True)]
+    usable = [(q, gold) for q, gold, _ in rows if gold]
+    excluded = [skip for _, gold, skip in rows if gold]
     if not usable:
         raise InvalidInputError(
             "no labelled pair has its relevant document in the corpus",
@@ -256,7 +265,7 @@ def build_pairs(
         )
     negatives: list[str | None] = [None] * len(usable)
     if config.hard_negatives:
-        negatives = mine_hard_negatives([q for q, _ in usable], [g for _, g in usable], corpus, config)
+        negatives = mine_hard_negatives([q for q, _ in usable], excluded, corpus, config)
     pairs: list[TrainingPair] = []
     for (query, gold), negative in zip(usable, negatives, strict=True):
         for doc_id in sorted(gold):
@@ -547,6 +556,7 @@ def tune_embedder(
     corpus: dict[str, str],
     config: TuneConfig,
     *,
+    related: Sequence[set[str]] | None = None,
     progress: bool = True,
 ) -> tuple[TuneResult, TrainStats]:
     """Rebuild the base, mine negatives, train, export int8, write the versioned model folder (not MLflow)."""
@@ -554,7 +564,7 @@ def tune_embedder(
 
     seed_report = set_seed(config.seed)
     base = rebuilt_base(models_dir)
-    pairs = build_pairs(samples, corpus, config)
+    pairs = build_pairs(samples, corpus, config, related)
     data_hash = data_sha256(pairs)
     identity = hashlib.sha256(json.dumps([data_hash, config.to_dict()], sort_keys=True).encode()).hexdigest()
     version = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{identity[:8]}"

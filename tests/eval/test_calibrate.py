@@ -143,6 +143,9 @@ def test_one_class_fit_gives_a_constant_smoothed_model() -> None:
     model = ConfidenceModel.from_artifact(artifact)
     assert model.predict({"retrieval.top_dense": 0.9}) == pytest.approx(1 / 5, abs=1e-4)  # (0 + 1) / (3 + 2)
     assert "one class" in info["cv"]["note"]
+    empty, _ = fit_artifact([], [], FitConfig())  # nothing answered at all: 1/2, and no target is certified
+    assert ConfidenceModel.from_artifact(empty).predict({}) == 0.5
+    assert [t["threshold"] for t in empty["thresholds"]] == [NEVER_ANSWER] * 7 + [0.0]
 
 
 def question(uid: str, dataset: str, answerable: bool, origin: str = "all", **sample: object) -> CalibrationQuestion:

@@ -41,7 +41,8 @@ def test_tune_embedder_writes_a_model_the_embedder_loads(tmp_path: Path) -> None
     assert model_path.parent == (data_dir / "models" / "tuned").resolve() and model_path.name == result["version"]
     description = load_description(model_path)  # the embedder's own validation of the contract
     assert description["pooling"] == "cls" and description["max_tokens"] == 512
-    assert result["pairs"] == 6 and result["metrics"]["steps"] == 2 and result["metrics"]["int8_cosine_min"] > 0.9
+    assert result["pairs"] == 6 and 2 <= result["metrics"]["steps"] <= 6  # batches of 3 never repeat a text
+    assert result["metrics"]["int8_cosine_min"] > 0.9
 
     tuned = Embedder(Settings(data_dir=data_dir, embedding_model_path=model_path))
     default = Embedder(Settings(data_dir=data_dir, embedding_model="bge-small-en-v1.5"))

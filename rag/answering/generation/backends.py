@@ -284,8 +284,6 @@ class LocalSpeed:
             spec.ngram_simple.size_m = self.draft_max
 
 
-
-
 class LocalBackend:
     """A GGUF model run in-process by xllamacpp (llama.cpp's server engine), loaded on first use.
 
