@@ -304,6 +304,10 @@ def fit_policy(pairs: list[tuple[Any, dict[str, Any]]], settings: Settings, conf
         "questions": {name: len(items) for name, items in by_split.items()},
         "answers": {"fit": len(fit), "calibration": len(cal), "test": test["n_candidates"]},
         "datasets": sorted({q.dataset for q in questions}),
+        # the pipeline the answers were collected with (config hashes as in responses' versions.config)
+        "pipeline_config_versions": sorted({r["response"]["versions"]["config"] for _, r in pairs}),
+        "prompt_versions": sorted({r["response"]["versions"]["prompt"] for _, r in pairs}),
+        "generators": sorted({r["response"]["versions"]["generator"] for _, r in pairs}),
     }
     artifact["config"] = config.to_dict()
     artifact["seed"] = config.seed

@@ -289,6 +289,18 @@ class Collector:
             self._pipelines[plan.name] = self.make_pipeline(plan)
         return self._pipelines[plan.name]
 
+    def _stale(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Cached records by (question, collection), whatever config they were collected under."""
+        if "_stale" not in self._pipelines:
+            index: dict[tuple[str, str], dict[str, Any]] = {}
+            for path in sorted(self.cache_dir.glob("*.json")):
+                record = json.loads(path.read_text(encoding="utf-8"))
+                collection = (record.get("key_config") or {}).get("retrieval", {}).get("collection")
+                if collection:
+                    index[(record["question"], collection)] = record
+            self._pipelines["_stale"] = index
+        return self._pipelines["_stale"]  # type: ignore[no-any-return]
+
     def collect(self, plans: list[CollectionPlan]) -> list[tuple[CalibrationQuestion, dict[str, Any]]]:
         """Every question in a seeded interleaved order (a stopped run still covers every dataset)."""
         by_name = {p.name: p for p in plans}
@@ -296,7 +308,7 @@ class Collector:
         random.Random(f"{self.settings.seed}:collect-order").shuffle(todo)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         out: list[tuple[CalibrationQuestion, dict[str, Any]]] = []
-        generated = failures = 0
+        generated = failures = stale = 0
         for number, question in enumerate(todo, start=1):
             pipeline = self.pipeline(by_name[question.collection])
             index_version = pipeline.retriever.index_version()
@@ -304,8 +316,11 @@ class Collector:
             path = self.cache_dir / f"{key}.json"
             if path.is_file():
                 record = json.loads(path.read_text(encoding="utf-8"))
-            elif self.cached_only:
-                continue
+            elif self.cached_only:  # the pipeline config changed since: use the answer collected before, if any
+                record = self._stale().get((question.sample.question, question.collection))
+                if record is None:
+                    continue
+                stale += 1
             else:
                 tick = time.perf_counter()
                 try:
@@ -329,5 +344,5 @@ class Collector:
                          f"abstained={response['abstained']} {response['answer'][:70]!r}")
             out.append((question, record))
         self.log(f"collected {len(out)} questions ({generated} newly run, {len(out) - generated} from the cache, "
-                 f"{failures} failed)")
+                 f"{failures} failed, {stale} collected under an earlier pipeline config)")
         return out

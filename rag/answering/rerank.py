@@ -38,7 +38,8 @@ class CrossEncoder:
 
     Thread-safe: ONNX Runtime sessions may be run concurrently, and the lazy load is guarded by a lock. Pairs are
     sorted by length before batching so padding stays small; a batch's int8 activation scale is shared, so a score
-    can move in the third decimal with its batch-mates (scores are compared within one query, where that is noise).
+    can move by a few tenths of a logit with its batch-mates (measured: -4.01 batched vs -3.73 alone), small next
+    to the ~10-logit gap between relevant and irrelevant passages. ``rerank_batch_size=1`` makes scores exact.
     """
 
     def __init__(self, settings: Settings, model_dir: Path | None = None) -> None:

@@ -37,7 +37,8 @@ class ChunkerConfig:
     chunk_overlap: int
     embed_titles: bool = True
     embed_sections: bool = True
-    split_at_sections: bool = True  # a chunk never straddles a heading, so its section path is exact
+    # A chunk never straddles a heading, so its section path is exact; off until it measures better (PERFORMANCE.md).
+    split_at_sections: bool = False
     splitter: str = "RecursiveCharacterTextSplitter"
     separators: tuple[str, ...] = tuple(SEPARATORS)
 

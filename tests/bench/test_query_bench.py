@@ -21,7 +21,7 @@ def test_query_benchmark_measures_latency_and_load_without_errors(embedder: Embe
 
     result = bench_query.run(
         data_dir=data_dir,
-        backend="torch",
+        backend="bge-small-int8",  # what the embedder fixture (the default) indexed with
         skip_generation=True,
         users=(1, 4),
         questions=questions,

@@ -119,3 +119,27 @@ def test_title_and_section_on_two_lines_when_the_path_does_not_start_with_the_ti
     assert off.split(doc)[0].embed_text == "Page | Site\nBody text here."
     assert off.split(doc)[0].section == ""
     assert on.config.to_dict() != off.config.to_dict()  # the config hash, hence the index version, changes
+
+
+def test_split_at_sections_keeps_every_chunk_inside_one_section(embedder: Embedder) -> None:
+    text = "# A\n\n" + "alpha words here. " * 30 + "\n\n## B\n\n" + "beta words here. " * 30
+    doc = Document(
+        doc_id="d.md", text=text, title="A", source="d.md", source_root="/", content_hash="h", format="md",
+        sections=((0, "A"), (text.index("## B"), "A › B")),
+    )
+    config = ChunkerConfig(chunk_size=400, chunk_overlap=50, split_at_sections=True)
+    chunks = Chunker(config, embedder.count_tokens, embedder.max_tokens).split(doc)
+    boundary = text.index("## B")
+    assert all(c.char_end <= boundary or c.char_start >= boundary for c in chunks)
+    assert {c.section for c in chunks} == {"A", "A › B"}
+    assert all(text[c.char_start : c.char_end] == c.text for c in chunks)
+    short = "# A\n\nalpha.\n\n## B\n\nbeta."
+    small = Document(
+        doc_id="s.md", text=short, title="A", source="s.md", source_root="/", content_hash="h", format="md",
+        sections=((0, "A"), (short.index("## B"), "A › B")),
+    )
+    default = Chunker(ChunkerConfig(chunk_size=400, chunk_overlap=50), embedder.count_tokens, embedder.max_tokens)
+    assert len(default.split(small)) == 1  # by default two short sections share a chunk
+    assert [c.section for c in Chunker(config, embedder.count_tokens, embedder.max_tokens).split(small)] == [
+        "A", "A › B"
+    ]
