@@ -299,7 +299,7 @@ class Collector:
                 if collection:
                     index[(record["question"], collection)] = record
             self._pipelines["_stale"] = index
-        return self._pipelines["_stale"]  # type: ignore[no-any-return]
+        return self._pipelines["_stale"]
 
     def collect(self, plans: list[CollectionPlan]) -> list[tuple[CalibrationQuestion, dict[str, Any]]]:
         """Every question in a seeded interleaved order (a stopped run still covers every dataset)."""
