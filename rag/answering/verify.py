@@ -378,6 +378,8 @@ class _Source:
             hits_entities = sum(entity_found(e, self.span_words[k]) for e in wanted.entities)
             return hits_terms + hits_numbers + hits_entities
 
+        if not self.spans:  # a source with no sentence at all: the whole (empty or blank) text
+            return Quote(text=self.text, start=0, end=len(self.text))
         best = max(range(len(self.spans)), key=lambda k: (gain(k), -k))
         start, end = self.spans[best]
         missing = _Wanted(
@@ -554,20 +556,21 @@ class AnswerVerifier:
         check.overlap = 0.0
         if check.invalid:
             check.failures.append("invalid_citation")
+        wanted = _Wanted.of(check.text)
+        cited = [sources[n] for n in check.citations]
+        # every citation carries its quote, also on a sentence that makes no claim (e.g. "See [2].")
+        check.quotes = {s.index: s.quote(wanted) for s in cited}
         if not check.needs_citation:
             return
         if not check.citations:
             check.failures.append("no_citation")
             return
-        wanted = _Wanted.of(check.text)
-        cited = [sources[n] for n in check.citations]
         known_numbers = set().union(*(s.numbers for s in cited))
         known_words = set().union(*(s.words for s in cited))
         known_terms = set().union(*(s.terms for s in cited))
         check.numbers_missing = [sorted(forms)[0] for forms in wanted.numbers if not forms & known_numbers]
         check.entities_missing = [e for e in wanted.entities if not entity_found(e, known_words)]
         check.overlap = len(wanted.terms & known_terms) / len(wanted.terms) if wanted.terms else 1.0
-        check.quotes = {s.index: s.quote(wanted) for s in cited}
         if check.numbers_missing:
             check.failures.append("number_not_in_source")
         if check.entities_missing:

@@ -200,3 +200,13 @@ def test_the_verifier_reads_its_settings(make_settings: Callable[..., Settings])
     assert verifier.to_dict()["policy"] == "cut"
     with pytest.raises(ValueError, match="unsupported_policy"):
         AnswerVerifier(policy="maybe")  # type: ignore[arg-type]
+
+
+def test_a_cited_sentence_that_makes_no_claim_still_gets_its_quote() -> None:
+    """Regression: a filler sentence with a citation ("According to the source [1].") crashed with KeyError when
+    the quotes were collected, because only claims got quotes."""
+    report = verify("According to the source [1]. Johannes Gutenberg was born in Mainz [1].", "c-print")
+    assert report.final_text is not None
+    assert set(report.quotes) == {1}
+    quote = report.quotes[1]
+    assert CHUNKS["c-print"][quote.start : quote.end] == quote.text
