@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 stamp=.venv/.ragkit-installed
-want=$(cat pyproject.toml requirements-models.txt constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml requirements-models.txt constraints.txt scripts/setup.sh 2>/dev/null | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: .venv is up to date"
   exit 0
