@@ -261,7 +261,12 @@ def make_ragas_llm(
 
 
 def make_ragas_embeddings(embedder: Embedder) -> Any:
-    """ragas embeddings backed by our ``Embedder`` (the bundled all-MiniLM-L6-v2, offline)."""
+    """ragas embeddings backed by our ``Embedder`` (the bundled default encoder, offline).
+
+    Symmetric on purpose: ragas compares a question with questions generated from the answer (answer relevancy),
+    so both sides are embedded as plain text, without the retrieval query prefix that ``embed_query`` adds for
+    asymmetric encoders such as bge-small.
+    """
     _, base_embeddings, run_config_cls = _ragas_base()
 
     class EmbedderRagasEmbeddings(base_embeddings):  # type: ignore[misc, valid-type]
@@ -273,7 +278,7 @@ def make_ragas_embeddings(embedder: Embedder) -> Any:
             return [list(map(float, row)) for row in embedder.embed(list(texts))]
 
         def embed_query(self, text: str) -> list[float]:
-            return [float(x) for x in embedder.embed_query(text)]
+            return [float(x) for x in embedder.embed([text])[0]]
 
         async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
             return await asyncio.to_thread(self.embed_documents, texts)

@@ -50,7 +50,11 @@ def test_smollm_answers_and_judges_reproducibly(tiny_pubmedqa: Path, embedder: E
         summary = result.metrics.get(metric)
         if summary is not None:  # the mean ignores NaN; it never becomes NaN itself
             assert summary.n + summary.n_missing == 2 and not math.isnan(summary.value or 0.0)
-    assert result.cost["faithfulness"]["prompt_tokens"] > 0
+    # every metric the judge was asked for counts its tokens (SmolLM2's answers may all be abstentions after
+    # verification, which makes faithfulness not applicable; the context metrics are judged either way)
+    attempted = [m for m in JUDGE_METRICS if result.judge_usage[m]["attempted"]]
+    assert attempted
+    assert all(result.cost[m]["prompt_tokens"] > 0 for m in attempted)
 
     again, frame2, _ = EvalRunner(settings, options, embedder=embedder, generator_backend=model).run()
     assert frame2["answer"].tolist() == frame["answer"].tolist()

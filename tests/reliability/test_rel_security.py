@@ -155,14 +155,18 @@ BAD_CREDENTIALS = [
 ]
 
 
+# Routes that answer questions (or rate answers) with query access: a key only when RAG_REQUIRE_KEY_FOR_QUERY is set.
+QUERY_ACCESS_TAGS = {"query", "chat", "openai", "feedback"}
+
+
 def test_every_write_or_admin_route_declares_and_enforces_a_key(app_client: Client) -> None:
-    """Table-driven from the app's OpenAPI: any route that is not a read (GET) and not a query, and every admin
-    route, declares a security scheme and refuses every bad credential with 401."""
+    """Table-driven from the app's OpenAPI: any route that is not a read (GET) and not a query-access route, and
+    every admin route, declares a security scheme and refuses every bad credential with 401."""
     client = app_client()
     checked = []
     for method, path, operation in _operations(client):
         tags = operation.get("tags", [])
-        if "query" in tags or (method == "GET" and "admin" not in tags):
+        if QUERY_ACCESS_TAGS & set(tags) or (method == "GET" and "admin" not in tags):
             continue
         assert operation.get("security"), f"{method} {path} declares no security scheme"
         body = {"paths": ["x"]} if method == "POST" else None
@@ -184,6 +188,14 @@ def test_query_routes_need_a_key_when_configured(app_client: Client) -> None:
         for headers in BAD_CREDENTIALS:
             assert client.request(method, path, json=body, headers=headers).status_code == 401, (path, headers)
         assert client.request(method, path, json=body, headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+    # the other query-access routes (chat, OpenAI-compatible, feedback) refuse bad credentials the same way
+    others = [(m, p) for m, p, op in _operations(client) if QUERY_ACCESS_TAGS & set(op.get("tags", [])) - {"query"}]
+    assert {p for _, p in others} >= {"/v1/chat", "/v1/chat/completions", "/v1/feedback"}
+    for method, path in others:
+        body = {"question": "What is coral?"} if method == "POST" else None
+        for headers in BAD_CREDENTIALS:
+            assert client.request(method, path, json=body, headers=headers).status_code == 401, (path, headers)
+        assert client.request(method, path, json=body, headers={"X-API-Key": ADMIN_KEY}).status_code != 401
 
 
 def test_ingestion_paths_stay_inside_the_roots(app_client: Client, tmp_path: Path) -> None:

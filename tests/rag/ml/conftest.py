@@ -65,7 +65,7 @@ COOKING_CORPUS = [
     "Cumin, coriander and turmeric are the base of many curries.",
     "Thaw frozen salmon in the fridge overnight before grilling it.",
 ]
-MIN_RELEVANCE = 0.3
+MIN_RELEVANCE = Settings.model_fields["min_relevance"].default  # the product's own threshold for its default embedder
 START = datetime(2025, 3, 1, tzinfo=UTC)
 
 
