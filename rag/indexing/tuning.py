@@ -27,6 +27,7 @@ import numpy as np
 
 from rag.errors import InvalidInputError, ModelError
 from rag.indexing.bundled import BGE_QUERY_PREFIX, BGE_SMALL_DESCRIPTION, BGE_SMALL_DIR, PINNED_SHA256, bundled_dir
+from rag.indexing.embedding import export_last_hidden_onnx, quantize_matmul_int8
 
 log = logging.getLogger(__name__)
 
@@ -414,42 +415,15 @@ def train(
 
 def export_int8(model: Any, out_dir: Path) -> Path:
     """ONNX export of the BERT encoder (output ``last_hidden_state``), dynamic int8 (per channel, MatMul only)."""
-    import warnings
-
     import onnx
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    transformer = model[0].auto_model.eval()
-    inputs = ("input_ids", "attention_mask", "token_type_ids")
-
-    class LastHidden(torch.nn.Module):  # keyword arguments: BERT's positional order differs across versions
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    sample = model.tokenizer(["an example", "a longer example sentence"], padding=True, return_tensors="pt")
-    axes = {name: {0: "batch", 1: "tokens"} for name in (*inputs, "last_hidden_state")}
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp:
         fp32 = Path(tmp) / "model.fp32.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                LastHidden(transformer), tuple(sample[n] for n in inputs), str(fp32), input_names=list(inputs),
-                output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False,
-            )
+        export_last_hidden_onnx(model[0].auto_model.eval(), model.tokenizer, fp32)
         onnx.checker.check_model(str(fp32))
         staged = Path(tmp) / "model.onnx"
-        quantize_dynamic(
-            str(fp32), str(staged), per_channel=True, op_types_to_quantize=["MatMul"],
-            weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1},
-        )
+        quantize_matmul_int8(fp32, staged)
         os.replace(staged, out_dir / "model.onnx")
     return out_dir / "model.onnx"
 

