@@ -1,7 +1,8 @@
 """The query pipeline shared by the API, ``rag ask`` and the evaluation: sanitize → retrieve → generate → decide.
 
-Abstention rules, in order: nothing retrieved (``no_context``); the best chunk's cosine similarity to the question
-is below ``min_relevance`` (``weak_retrieval``, no model call at all); the model says the sources do not contain the
+Abstention rules, in order: nothing retrieved (``no_context``); the cross-encoder's best logit over the returned
+chunks is below ``min_rerank_score`` (or, where no reranker scores exist, the best cosine similarity is below
+``min_relevance``): ``weak_retrieval``, no model call at all; the model says the sources do not contain the
 answer (``model_unknown``); the answer verifier (rag/answering/verify.py) finds a sentence without a valid citation
 (``uncited``) or a claim its cited source does not support (``unsupported``), under ``unsupported_policy``; the
 calibrated confidence is below the model's threshold (``low_confidence``). An abstention always carries the same
@@ -170,7 +171,7 @@ class QueryPipeline:
             "generation": self.answerer.to_dict(),
             "embedding_model": self.retriever.embedder.to_dict(),
             "chunker": {"chunk_size": s.chunk_size, "chunk_overlap": s.chunk_overlap, "embed_titles": s.embed_titles},
-            "abstention": {"min_relevance": s.min_relevance},
+            "abstention": {"min_relevance": s.min_relevance, "min_rerank_score": s.min_rerank_score},
             "verification": self.verifier.to_dict(),
             "calibration": self.confidence_model.to_dict(),
             "confidence": {
@@ -218,6 +219,13 @@ class QueryPipeline:
                 return event.result
         raise RuntimeError("the pipeline ended without a result")  # pragma: no cover
 
+    def weak_retrieval(self, retrieval: RetrievalResult) -> bool:
+        """Too weak to answer from: the cross-encoder judges relevance far better than the bi-encoder's cosine
+        (sample set: answerable top logit p5 -0.8, unanswerable p50 -10), so its score decides when it exists."""
+        if retrieval.top_rerank is not None:
+            return retrieval.top_rerank < self.settings.min_rerank_score
+        return retrieval.top_dense is None or retrieval.top_dense < self.settings.min_relevance
+
     def stream(
         self,
         question: str,
@@ -239,9 +247,7 @@ class QueryPipeline:
         retrieval = self.retrieve(question, top_k, mode, filters)
         flagged = [c.chunk_id for c in retrieval.chunks if find_injection(c.text)]
         timings = {"retrieval": retrieval.seconds * 1000}
-        top = retrieval.top_dense
-
-        if not retrieval.chunks or top is None or top < self.settings.min_relevance:
+        if not retrieval.chunks or self.weak_retrieval(retrieval):
             reason: AbstainReason = "no_context" if not retrieval.chunks else "weak_retrieval"
             yield self._result(question, request_id, retrieval, None, reason, flagged, timings, started)
             return

@@ -66,9 +66,9 @@ def test_explicit_messages_are_used_and_nothing_is_stored(make_client: Client, s
     client = make_client()
     messages = [{"role": "user", "content": "Who was the architect of the Pharos of Alexandria?"},
                 {"role": "assistant", "content": "Sostratus of Cnidus [1]."}]  # fmt: skip
-    body = chat(client, question="And what happened to Henry Winstanley's one?", messages=messages)
+    body = chat(client, question="And how tall was it?", messages=messages)
     assert body["session_id"] is None and body["rewrite"]["rewritten"]
-    assert body["citations"] and body["citations"][0]["doc_id"] == "lighthouses.txt"
+    assert body["citations"] and body["citations"][0]["doc_id"] == "lighthouses.txt", json.dumps(body)[:1200]
     both = client.post("/v1/chat", json={"question": "Why?", "messages": messages, "session_id": "a" * 16})
     assert both.status_code == 422 and both.json()["code"] == "invalid_input"
 

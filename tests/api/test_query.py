@@ -46,6 +46,17 @@ def test_off_topic_question_abstains_with_the_fixed_answer(make_client: Client) 
     assert body["answer"] == ABSTAIN_ANSWER and body["citations"] == [] and body["confidence"] == 0
 
 
+def test_the_cross_encoder_decides_weak_retrieval_where_the_cosine_cannot(make_client: Client) -> None:
+    """"Capital of Australia" sits close to the coral-reef text by cosine (above RAG_MIN_RELEVANCE with bge-small),
+    but the cross-encoder's logit is far below RAG_MIN_RERANK_SCORE: it abstains before any generation; with the
+    gate moved below the question's score it reaches the generator."""
+    client = make_client()
+    body = ask(client, "What is the capital of Australia?")
+    assert body["abstained"] and body["abstain_reason"] == "weak_retrieval", body
+    lenient = ask(make_client(min_rerank_score=-50.0), "What is the capital of Australia?")
+    assert lenient["abstain_reason"] != "weak_retrieval"
+
+
 @pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
 def test_every_retrieval_mode_finds_the_document(make_client: Client, mode: str) -> None:
     body = ask(make_client(), "How hot do stratovolcano eruptions get and what is the VEI scale?", mode=mode)
