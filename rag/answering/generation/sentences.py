@@ -20,10 +20,19 @@ explain describe give please list name know get got
 STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 
 
+_RULE_LINE = re.compile(r"^\s*([-=_*~])\1{2,}\s*$")
+
+
 def split_sentences(text: str) -> list[str]:
-    """Lines first (lists, headings, code), then sentence ends followed by a capital or a digit."""
+    """Lines first (lists, headings, code), then sentence ends followed by a capital or a digit.
+
+    Heading underlines and horizontal rules ("-----", "=====") carry no content: they are dropped, so they never
+    reach a prompt or an extractive answer glued to the next sentence.
+    """
     sentences: list[str] = []
     for line in text.splitlines():
+        if _RULE_LINE.match(line):
+            continue
         sentences.extend(part.strip() for part in _SENTENCE_END.split(line) if part.strip())
     return sentences
 

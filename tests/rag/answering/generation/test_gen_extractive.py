@@ -45,3 +45,11 @@ def test_extractive_answerer_reports_citations_and_abstention(contexts_for: Any)
     off = answerer.answer("Who won the 1998 football world cup?", contexts_for("c-config", "c-backup"))
     assert off.text == UNKNOWN_ANSWER and off.model_said_unknown and off.cited == []
     assert answerer.to_dict()["backend"] == "extractive"
+
+
+def test_heading_underlines_never_reach_an_answer() -> None:
+    """The issue's example: an answer that copied a section heading's underline along with the sentence."""
+    from rag.answering.generation.sentences import split_sentences
+
+    text = "Ancient lighthouses\n-------------------\n\nThe Pharos of Alexandria stood in Egypt.\n=====\n"
+    assert split_sentences(text) == ["Ancient lighthouses", "The Pharos of Alexandria stood in Egypt."]
