@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPO_ROOT, WORK_DIR, BenchError, machine_info, percentiles, table
+from bench.context import pick_questions
 from eval.metrics import abstention_correct, token_f1
 from rag.ml.slices import bootstrap_ci
 from rag.settings import Settings
@@ -100,13 +101,6 @@ def runtime_info() -> dict[str, Any]:
     except (OSError, AttributeError) as exc:
         info["compiled_for"] = f"unknown: {exc}"
     return info
-
-
-def pick_questions(n: int) -> list[dict[str, Any]]:
-    """Every k-th labelled question, so topics, types and unanswerable ones are all represented."""
-    rows = [json.loads(line) for line in (SAMPLES / "qa" / "sample_qa.jsonl").read_text().splitlines() if line]
-    step = max(1, len(rows) // n)
-    return rows[::step][:n]
 
 
 def run(
