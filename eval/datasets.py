@@ -26,8 +26,19 @@ PUBMEDQA_LABELS = "test_ground_truth.json"
 MAX_QUESTION_CHARS = 4000
 
 
+class HistoryTurn(BaseModel):
+    """One earlier message of a conversation a follow-up question depends on."""
+
+    role: Literal["user", "assistant"]
+    content: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+
+
 class EvalSample(BaseModel):
-    """One labelled question. ``relevance`` maps relevant document ids to a graded judgement (> 0)."""
+    """One labelled question. ``relevance`` maps relevant document ids to a graded judgement (> 0).
+
+    A follow-up carries its conversation in ``history`` (the runner rewrites it into a standalone question as the
+    chat route does) and may carry the labelled ``standalone`` form, which the JSONL loader adds as its own sample.
+    """
 
     id: str = Field(min_length=1, max_length=200)
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
@@ -38,6 +49,8 @@ class EvalSample(BaseModel):
     answerable: bool | None = None
     decision: Decision | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    history: list[HistoryTurn] = Field(default_factory=list, max_length=100)
+    standalone: str | None = Field(None, max_length=MAX_QUESTION_CHARS)
 
     @field_validator("question")
     @classmethod
@@ -167,10 +180,11 @@ def _load_jsonl(path: Path, corpus: Path | None) -> Dataset:
                 sample = EvalSample.model_validate(record)
             except (ValueError, ValidationError) as exc:
                 raise InvalidInputError(f"{path}:{number}: {exc}") from exc
-            if sample.id in seen:
-                raise InvalidInputError(f"{path}:{number}: duplicate id {sample.id!r}")
-            seen.add(sample.id)
-            samples.append(sample)
+            for item in _with_standalone_twin(sample):
+                if item.id in seen:
+                    raise InvalidInputError(f"{path}:{number}: duplicate id {item.id!r}")
+                seen.add(item.id)
+                samples.append(item)
     if not samples:
         raise InvalidInputError(f"{path} holds no questions")
     if corpus is not None and not corpus.exists():
@@ -184,6 +198,22 @@ def _load_jsonl(path: Path, corpus: Path | None) -> Dataset:
         corpus=[corpus] if corpus is not None else [],
         total_samples=len(samples),
     )
+
+
+def _with_standalone_twin(sample: EvalSample) -> list[EvalSample]:
+    """A follow-up (``history`` set) is tagged ``turn=follow-up``; its labelled ``standalone`` form joins the set
+    as ``<id>:standalone`` (``turn=standalone``), so one run's ``turn`` slice compares the two on the same
+    documents: what the conversation costs retrieval and answers."""
+    if not sample.history:
+        return [sample]
+    sample.tags = {**sample.tags, "turn": "follow-up"}
+    if not sample.standalone:
+        return [sample]
+    twin = sample.model_copy(
+        update={"id": f"{sample.id}:standalone", "question": sample.standalone.strip(), "history": [],
+                "standalone": None, "tags": {**sample.tags, "turn": "standalone"}}
+    )
+    return [sample, twin]
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:

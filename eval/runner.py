@@ -39,6 +39,7 @@ from eval.metrics import (
     rouge_l,
     token_f1,
 )
+from rag.answering.conversation import ChatTurn, ConversationRewriter
 from rag.answering.generation.answerer import make_answerer
 from rag.answering.generation.backends import LLMBackend
 from rag.answering.pipeline import PipelineResult, QueryPipeline
@@ -389,6 +390,8 @@ class EvalRunner:
             try:
                 # the API's validation first: a question it rejects is never retrieved for
                 question = sanitize_question(sample.question, pipeline.settings.max_question_chars)
+                if sample.history:
+                    question = self._standalone(pipeline, sample, question, row)
                 for mode in modes:
                     t0 = time.perf_counter()
                     retrieved = pipeline.retrieve(question, top_k=depth, mode=mode)
@@ -408,7 +411,8 @@ class EvalRunner:
                         row["retrieval_ms"] = round(retrieved.seconds * 1000, 2)
                 if answers:
                     t0 = time.perf_counter()
-                    result = pipeline.run(sample.question, request_id=f"eval-{sample.id}")
+                    asked = question if sample.history else sample.question
+                    result = pipeline.run(asked, request_id=f"eval-{sample.id}")
                     seconds["answer"] += time.perf_counter() - t0
                     # the judge sees what the generator saw: the budgeted context of the prompt, or, when the
                     # pipeline abstained before generating, the chunks it retrieved
@@ -425,6 +429,21 @@ class EvalRunner:
             bar.update(1)
         bar.close()
         return rows, contexts_by_row, seconds
+
+    @staticmethod
+    def _standalone(pipeline: QueryPipeline, sample: EvalSample, question: str, row: dict[str, Any]) -> str:
+        """The chat route's rewrite of a follow-up (same rewriter, cheap check and retrieval probe)."""
+        generator = getattr(pipeline.answerer, "generator", None)
+        rewriter = ConversationRewriter(pipeline.settings, generator if isinstance(generator, LLMBackend) else None)
+        history = [ChatTurn(turn.role, turn.content) for turn in sample.history]
+        rewrite = rewriter.rewrite(question, history, probe=lambda q: pipeline.retrieve(q).top_dense)
+        row.update({
+            "rewritten_question": rewrite.standalone_question,
+            "rewrite_method": rewrite.method,
+            "rewrite_fallback": rewrite.fallback,
+            "rewrite_ms": round(rewrite.seconds * 1000, 2),
+        })
+        return rewrite.standalone_question
 
     @staticmethod
     def _base_row(sample: EvalSample) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from api.deps import GUARD_PROBLEMS, KEY_PROBLEMS, QueryAccess, Services, check_collection
+from api.guards import key_fingerprint, presented_key
 from api.problems import ApiError, problem_responses
 from api.routes.query import record
 from api.schemas import FILTER_SCHEMA
@@ -44,6 +45,7 @@ CHAT_PROBLEMS = problem_responses(
 STREAM_RESPONSES = {200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}, **CHAT_PROBLEMS}
 log = logging.getLogger("rag.api")
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+ANONYMOUS = "anonymous"  # the owner of a session started without an API key
 
 router = APIRouter(tags=["chat"])
 
@@ -130,7 +132,10 @@ def finish(turn: PreparedTurn) -> PipelineResult:
 # --- sessions
 class SessionStore:
     """Chat histories in one SQLite file: turns expire after ``ttl_s`` idle, at most ``max_turns`` per session and
-    ``max_sessions`` sessions (least recently used dropped first). One connection per call: thread-safe."""
+    ``max_sessions`` sessions (least recently used dropped first). One connection per call: thread-safe.
+
+    A session belongs to the caller that created it (``owner``: the API key's fingerprint, or ``anonymous``): any
+    other caller gets 403, so a session id that leaks does not leak the conversation."""
 
     def __init__(self, settings: Settings) -> None:
         self.path: Path = settings.data_dir / "chat" / "sessions.sqlite"
@@ -150,16 +155,23 @@ class SessionStore:
                 " content TEXT NOT NULL, standalone TEXT, at REAL NOT NULL, PRIMARY KEY (session, seq));"
                 "CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, collection TEXT, touched REAL);"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+            if "owner" not in columns:  # a store written before sessions had owners
+                db.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
             self._ready = True
         return db
 
-    def history(self, session: str, collection: str) -> list[ChatTurn]:
-        """The live turns of ``session`` (empty when unknown or expired); 422 when it belongs to another collection."""
+    def history(self, session: str, collection: str, owner: str) -> list[ChatTurn]:
+        """The live turns of ``session`` (empty when unknown or expired); 403 when another caller created it, 422
+        when it belongs to another collection."""
         with self._lock, closing(self._connect()) as db, db:
             self._expire(db)
-            row = db.execute("SELECT collection FROM sessions WHERE session = ?", (session,)).fetchone()
+            row = db.execute("SELECT collection, owner FROM sessions WHERE session = ?", (session,)).fetchone()
             if row is None:
                 return []
+            if (row[1] or ANONYMOUS) != owner:
+                raise ApiError(403, "forbidden", f"session {session!r} was started by another caller (API key);"
+                               " continue it with that key, or omit session_id to start a new one")  # fmt: skip
             if row[0] != collection:
                 raise ApiError(422, "invalid_input", f"session {session!r} belongs to another collection")
             rows = db.execute(
@@ -167,13 +179,14 @@ class SessionStore:
             ).fetchall()
         return [ChatTurn(role, content) for role, content in rows]
 
-    def append(self, session: str, collection: str, turns: list[tuple[str, str, str | None]]) -> None:
-        """Add (role, content, standalone form) turns and enforce the caps."""
+    def append(self, session: str, collection: str, owner: str, turns: list[tuple[str, str, str | None]]) -> None:
+        """Add (role, content, standalone form) turns and enforce the caps; a new session gets ``owner``."""
         now = time.time()
         with self._lock, closing(self._connect()) as db, db:
             db.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT(session) DO UPDATE SET touched = excluded.touched",
-                (session, collection, now),
+                "INSERT INTO sessions (session, collection, touched, owner) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(session) DO UPDATE SET touched = excluded.touched",
+                (session, collection, now, owner),
             )
             last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM turns WHERE session = ?", (session,)).fetchone()[0]
             db.executemany(
@@ -238,7 +251,15 @@ def session_store(services: Services) -> SessionStore:
     return store
 
 
-def _begin(services: Services, body: ChatRequest, request_id: str) -> tuple[str | None, PreparedTurn]:
+def session_owner(request: Request, services: Services) -> str:
+    """Who may continue a session: the fingerprint of a valid API key, else ``anonymous``."""
+    key = presented_key(request)
+    return f"key:{key_fingerprint(key)}" if key and services.keys.valid(key) else ANONYMOUS
+
+
+def _begin(
+    services: Services, body: ChatRequest, request_id: str, owner: str
+) -> tuple[str | None, PreparedTurn]:
     if body.session_id is not None and body.messages is not None:
         raise ApiError(422, "invalid_input", "send either session_id or messages, not both")
     collection = body.collection or services.settings.collection
@@ -246,7 +267,7 @@ def _begin(services: Services, body: ChatRequest, request_id: str) -> tuple[str 
     if body.messages is not None:
         history = [ChatTurn(m.role, m.content) for m in body.messages]
     else:
-        history = session_store(services).history(body.session_id, collection) if body.session_id else []
+        history = session_store(services).history(body.session_id, collection, owner) if body.session_id else []
     turn = prepare_turn(
         services, body.question, history, collection=collection, request_id=request_id,
         top_k=body.top_k, mode=body.mode, filters=body.filters,
@@ -255,14 +276,19 @@ def _begin(services: Services, body: ChatRequest, request_id: str) -> tuple[str 
 
 
 def _complete(
-    services: Services, body: ChatRequest, session: str | None, turn: PreparedTurn, response: QueryResponse
+    services: Services,
+    body: ChatRequest,
+    session: str | None,
+    owner: str,
+    turn: PreparedTurn,
+    response: QueryResponse,
 ) -> ChatResponse:
     rewrite = turn.rewrite
     if session is not None:
         collection = body.collection or services.settings.collection
         standalone = rewrite.standalone_question if rewrite.rewritten else None
         session_store(services).append(
-            session, collection, [("user", rewrite.question, standalone), ("assistant", response.answer, None)]
+            session, collection, owner, [("user", rewrite.question, standalone), ("assistant", response.answer, None)]
         )
     return ChatResponse(
         **response.model_dump(), session_id=session, question=rewrite.question, rewrite=rewrite.to_dict()
@@ -274,8 +300,10 @@ async def chat(body: ChatRequest, request: Request, services: QueryAccess) -> Ch
     """Answer a follow-up using the session's (or the given) history; the rewrite is returned with the answer."""
     check_collection(request, body.collection or services.settings.collection)
 
+    owner = session_owner(request, services)
+
     def run() -> tuple[str | None, PreparedTurn, PipelineResult]:
-        session, turn = _begin(services, body, request.state.request_id)
+        session, turn = _begin(services, body, request.state.request_id, owner)
         return session, turn, finish(turn)
 
     try:
@@ -285,14 +313,15 @@ async def chat(body: ChatRequest, request: Request, services: QueryAccess) -> Ch
     except TimeoutError as exc:
         raise ApiError(504, "timeout", f"no answer within {services.settings.request_timeout_s:.0f}s") from exc
     record(services, turn.rewrite.standalone_question, result)
-    return await run_in_threadpool(_complete, services, body, session, turn, result.response)
+    return await run_in_threadpool(_complete, services, body, session, owner, turn, result.response)
 
 
 @router.post("/v1/chat/stream", response_class=StreamingResponse, responses=STREAM_RESPONSES)
 async def chat_stream(body: ChatRequest, request: Request, services: QueryAccess) -> Response:
     """Server-sent events: one `rewrite` event, `token` events, then one `result` event (a ``ChatResponse``)."""
     check_collection(request, body.collection or services.settings.collection)
-    session, turn = await run_in_threadpool(_begin, services, body, request.state.request_id)
+    owner = session_owner(request, services)
+    session, turn = await run_in_threadpool(_begin, services, body, request.state.request_id, owner)
 
     def lines() -> Iterator[str]:
         yield f"event: rewrite\ndata: {json.dumps({'session_id': session, **turn.rewrite.to_dict()})}\n\n"
@@ -302,7 +331,7 @@ async def chat_stream(body: ChatRequest, request: Request, services: QueryAccess
                     yield f"event: token\ndata: {json.dumps({'delta': event.delta})}\n\n"
                 else:
                     record(services, turn.rewrite.standalone_question, event.result)
-                    result = _complete(services, body, session, turn, event.response)
+                    result = _complete(services, body, session, owner, turn, event.response)
                     yield f"event: result\ndata: {result.model_dump_json()}\n\n"
         except RagError as exc:
             yield f"event: error\ndata: {json.dumps({'code': exc.code, 'detail': str(exc)})}\n\n"

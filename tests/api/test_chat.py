@@ -96,6 +96,22 @@ def test_stream_sends_rewrite_tokens_and_result(make_client: Client) -> None:
     assert history.json()["rewrite"]["history_turns"] == 4  # both earlier exchanges were stored
 
 
+def test_a_session_is_continued_only_by_the_key_that_started_it(make_client: Client) -> None:
+    client = make_client(api_keys=["key-alpha-0001", "key-beta-00002"])
+    first = client.post("/v1/chat", json={"question": FIRST}, headers={"X-API-Key": "key-alpha-0001"})
+    assert first.status_code == 200, first.text
+    session = first.json()["session_id"]
+    follow = {"question": "When was it found?", "session_id": session}
+    for headers in ({"X-API-Key": "key-beta-00002"}, {}, {"X-API-Key": "not-a-configured-key"}):
+        other = client.post("/v1/chat", json=follow, headers=headers)
+        assert other.status_code == 403 and other.json()["code"] == "forbidden", other.text
+        assert "another caller" in other.json()["detail"]
+        streamed = client.post("/v1/chat/stream", json=follow, headers=headers)
+        assert streamed.status_code == 403
+    owner = client.post("/v1/chat", json=follow, headers={"X-API-Key": "key-alpha-0001"})
+    assert owner.status_code == 200 and owner.json()["rewrite"]["history_turns"] == 2  # the refusals stored nothing
+
+
 def test_expired_session_has_no_history(make_client: Client) -> None:
     client = make_client(chat_session_ttl_s=1e-6)
     session = chat(client, question=FIRST)["session_id"]
@@ -106,13 +122,13 @@ def test_expired_session_has_no_history(make_client: Client) -> None:
 def test_session_store_caps_turns_and_sessions(tmp_path: Path) -> None:
     store = SessionStore(Settings(data_dir=tmp_path, chat_session_max_turns=3, chat_max_sessions=2))
     for i in range(3):
-        store.append("session-a", "documents", [("user", f"q{i}", None), ("assistant", f"a{i}", None)])
-    assert store.history("session-a", "documents") == [ChatTurn("assistant", "a1"), ChatTurn("user", "q2"),
+        store.append("session-a", "documents", "anonymous", [("user", f"q{i}", None), ("assistant", f"a{i}", None)])
+    assert store.history("session-a", "documents", "anonymous") == [ChatTurn("assistant", "a1"), ChatTurn("user", "q2"),
                                                        ChatTurn("assistant", "a2")]  # fmt: skip
-    store.append("session-b", "documents", [("user", "x", "standalone x")])
-    store.append("session-c", "documents", [("user", "y", None)])
-    assert store.history("session-a", "documents") == []  # least recently used, dropped by the cap
-    assert store.history("session-b", "documents") == [ChatTurn("user", "standalone x")]
+    store.append("session-b", "documents", "key:b", [("user", "x", "standalone x")])
+    store.append("session-c", "documents", "anonymous", [("user", "y", None)])
+    assert store.history("session-a", "documents", "anonymous") == []  # least recently used, dropped by the cap
+    assert store.history("session-b", "documents", "key:b") == [ChatTurn("user", "standalone x")]
 
 
 def test_injection_in_an_earlier_turn_changes_nothing(make_client: Client) -> None:

@@ -76,3 +76,18 @@ def test_invalid_inputs_name_file_and_line(tmp_path: Path, tiny_beir: Path) -> N
         load_dataset(tiny_beir, corpus=tmp_path)
     with pytest.raises(InvalidInputError, match="--limit"):
         load_dataset(tiny_beir, limit=0)
+
+
+def test_bundled_follow_up_set_loads_each_follow_up_with_its_standalone_twin(tmp_path: Path) -> None:
+    path = Path(__file__).resolve().parents[2] / "samples" / "qa" / "followups.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    dataset = load_dataset(path)
+    assert len(dataset.samples) == 2 * len(rows)
+    first, twin = dataset.samples[0], dataset.samples[1]
+    assert first.history and first.tags["turn"] == "follow-up" and first.question == rows[0]["question"]
+    assert twin.id == f"{first.id}:standalone" and not twin.history and twin.tags["turn"] == "standalone"
+    assert twin.question == rows[0]["standalone"] and twin.reference_doc_ids == first.reference_doc_ids
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**rows[0], "history": [{"role": "system", "content": "x"}]}) + "\n")
+    with pytest.raises(InvalidInputError, match=r"(?s)bad.jsonl:1: .*history.0.role"):
+        load_dataset(bad)

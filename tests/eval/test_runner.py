@@ -3,6 +3,7 @@ reports, and reproducibility."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from eval.report import format_text, render_html
 from eval.runner import EvalOptions, EvalRunner
 from rag.indexing.embedding import Embedder
 from rag.settings import Settings
+from tests.eval.conftest import DOCS
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +97,38 @@ def test_answers_abstention_and_rejected_questions(
     answered = by_id.loc[~by_id["abstained"].astype(bool)]
     assert len(answered) >= 1 and answered["answer_f1"].between(0, 1).all()
     assert all(1 <= len(c) <= settings.top_k for c in answered["contexts"])
+
+
+def test_follow_ups_are_rewritten_and_sliced_against_their_standalone_form(
+    tiny_qa: tuple[Path, Path, Path], embedder: Embedder, tmp_path: Path
+) -> None:
+    _, full, _ = tiny_qa
+    talk = [{"role": "user", "content": "Tell me about Gutenberg's printing press."},
+            {"role": "assistant", "content": "It used movable metal type."}]
+    bees = [{"role": "user", "content": "What do Honeybees do in the hive?"},
+            {"role": "assistant", "content": "They dance."}]
+    rows = [
+        {"id": "f1", "history": talk, "question": "What was his type cast from?",
+         "standalone": "What was Gutenberg's movable type cast from?", "reference_doc_ids": ["d5.txt"],
+         "reference": DOCS["d5"][1], "answerable": True},
+        {"id": "f2", "history": bees, "question": "Why do they do it?",
+         "standalone": "Why do honeybees dance in the hive?", "reference_doc_ids": ["d2.txt"],
+         "reference": DOCS["d2"][1], "answerable": True},
+    ]
+    path = tmp_path / "followups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = Settings(data_dir=tmp_path / "data", generator="extractive", chat_rewriter="concat",
+                        eval_min_slice_size=2, eval_bootstrap_resamples=200)
+    options = EvalOptions(dataset=path, corpus=full, judge="none", progress=False, log_to_mlflow=False)
+    result, frame, slices = EvalRunner(settings, options, embedder=embedder).run()
+    by_id = frame.set_index("id")
+    assert set(by_id.index) == {"f1", "f1:standalone", "f2", "f2:standalone"}
+    assert by_id.loc["f1", "rewritten_question"] == "What was Gutenberg's type cast from?"
+    assert by_id.loc["f1", "rewrite_method"] == "concat" and not by_id.loc["f1", "rewrite_fallback"]
+    assert "Honeybees" in by_id.loc["f2", "rewritten_question"]
+    assert pd.isna(by_id.loc["f1:standalone", "rewritten_question"])  # a standalone question is asked as is
+    # the rewrite found the documents the standalone questions find
+    assert by_id.loc["f1", "hit_at_5"] == by_id.loc["f1:standalone", "hit_at_5"] == 1.0
+    assert "tag.turn" in result.slice_columns
+    turn = slices.loc[(slices["slice_column"] == "tag.turn") & (slices["metric"] == "hit_at_5")]
+    assert set(turn["slice_value"]) == {"follow-up", "standalone"} and (turn["n"] == 2).all()
