@@ -21,8 +21,12 @@ NO_BASELINE_EXIT = 3
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``eval``, ``promote``, ``tune-embedder`` and ``calibrate`` to the ``rag`` command."""
-    app.command("eval")(handles_errors(eval_command))
+    """Add ``eval`` (and ``eval generate``), ``promote``, ``report``, ``tune-embedder`` and ``calibrate`` to
+    the ``rag`` command."""
+    eval_app = typer.Typer(help="Evaluate the pipeline on labelled questions; `rag eval generate` writes some.")
+    eval_app.callback(invoke_without_command=True)(handles_errors(eval_command))
+    eval_app.command("generate")(handles_errors(generate_command))
+    app.add_typer(eval_app, name="eval")
     app.command("promote")(handles_errors(promote_command))
     app.command("report")(handles_errors(report_command))  # issue 16: the static dashboard
     from eval.tune import register as register_tune  # `rag tune-embedder` (issue 12)
@@ -34,6 +38,7 @@ def register(app: typer.Typer) -> None:
 
 
 def eval_command(
+    ctx: typer.Context,
     dataset: Path | None = typer.Option(
         None, "--dataset", help="Our QA .jsonl, a BEIR folder (queries + qrels) or a PubMedQA folder."
     ),
@@ -69,6 +74,8 @@ def eval_command(
     output: Path | None = typer.Option(None, "--output", help="Where --from-feedback writes its JSONL set."),
 ) -> None:
     """Evaluate the query pipeline on a labelled dataset: retrieval, answers, RAGAS, slices, MLflow, gate."""
+    if ctx.invoked_subcommand is not None:
+        return
     from eval.gate import PRIMARY_METRICS
     from eval.report import format_gate, format_text
     from eval.runner import EvalOptions
@@ -113,6 +120,62 @@ def eval_command(
         fail(outcome.gate_error, NO_BASELINE_EXIT if "no production run" in outcome.gate_error else 2)
     if outcome.gate is not None and not outcome.gate.passed:
         raise typer.Exit(GATE_FAILED_EXIT)
+
+def generate_command(
+    output: Path = typer.Option(..., "--output", help="The JSONL test set to write (+ <output>.summary.json)."),
+    n: int = typer.Option(50, "--n", min=1, max=5000, help="Questions in the set (answerable + near-miss)."),
+    collection: str | None = typer.Option(None, "--collection", help="Collection to use (default RAG_COLLECTION)."),
+    near_miss_share: float = typer.Option(
+        0.25, "--near-miss-share", min=0.0, max=0.9, help="Share made unanswerable by hiding their source document."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (default RAG_SEED)."),
+    generator: str | None = typer.Option(None, "--generator", help="local or openai (default RAG_GENERATOR)."),
+    min_chunk_words: int = typer.Option(40, "--min-chunk-words", min=5, help="Shorter chunks are not used."),
+    max_attempts_factor: float = typer.Option(
+        3.0, "--max-attempts-factor", min=1.0, max=50.0, help="Chunks tried at most: N times this."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with ETA on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write a labelled test set from your own documents with the local (or an OpenAI-compatible) model:
+    stratified chunks, a question and short answer each, filtered, plus near-miss unanswerables."""
+    from eval.testset import GenerationConfig, QuestionSetGenerator, write_testset
+    from rag.answering.generation.backends import make_backend
+    from rag.answering.retrieval import Retriever
+
+    settings = load_settings(collection=collection, generator=generator)
+    if settings.generator == "extractive":
+        raise InvalidInputError(
+            "the extractive generator cannot write questions", hint="use --generator local (the default) or openai"
+        )
+    config = GenerationConfig(
+        n=n, near_miss_share=near_miss_share, seed=settings.seed if seed is None else seed,
+        min_chunk_words=min_chunk_words, max_attempts_factor=max_attempts_factor,
+    )  # fmt: skip
+    retriever = Retriever(settings)
+    index_version = retriever.index_version()
+    if index_version is None:
+        raise InvalidInputError(
+            f"collection {settings.collection!r} has no documents yet", hint="run `rag ingest PATH` first"
+        )
+    chunks = list(retriever.store.iter_chunks())
+    say = (lambda _: None) if as_json else typer.echo
+    testset = QuestionSetGenerator(
+        settings, config, make_backend(settings), retriever.embedder, progress=progress and not as_json, say=say
+    )
+    result = testset.run(chunks, collection=settings.collection, index_version=index_version)
+    summary_path = write_testset(result, output)
+    summary = result.summary()
+    if as_json:
+        emit_json({**summary, "output": str(output), "summary_file": str(summary_path)})
+        return
+    typer.echo(
+        f"wrote {summary['questions']} questions ({summary['answerable']} answerable, {summary['near_miss']} "
+        f"near-miss) from {summary['documents']} documents to {output} in {summary['seconds']:.0f}s; "
+        f"{summary['attempts']} chunks tried, rejected: {summary['rejected'] or 'none'}"
+    )
+    typer.echo(f"evaluate with: rag eval --dataset {output} --collection {settings.collection}")
+
 
 def promote_command(
     run_id: str = typer.Argument(..., help="MLflow run id of a `rag eval` run."),

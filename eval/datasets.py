@@ -13,7 +13,7 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -51,6 +51,11 @@ class EvalSample(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     history: list[HistoryTurn] = Field(default_factory=list, max_length=100)
     standalone: str | None = Field(None, max_length=MAX_QUESTION_CHARS)
+    hidden_doc_ids: list[str] = Field(
+        default_factory=list, max_length=100, description="Documents kept out of retrieval for this question (a "
+        "near-miss: the topic stays in the corpus, the answer goes)."
+    )
+    provenance: dict[str, Any] = Field(default_factory=dict, description="Where a generated question came from.")
 
     @field_validator("question")
     @classmethod

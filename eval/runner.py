@@ -390,11 +390,12 @@ class EvalRunner:
             try:
                 # the API's validation first: a question it rejects is never retrieved for
                 question = sanitize_question(sample.question, pipeline.settings.max_question_chars)
+                hidden = {"doc_id": {"$nin": sample.hidden_doc_ids}} if sample.hidden_doc_ids else None
                 if sample.history:
                     question = self._standalone(pipeline, sample, question, row)
                 for mode in modes:
                     t0 = time.perf_counter()
-                    retrieved = pipeline.retrieve(question, top_k=depth, mode=mode)
+                    retrieved = pipeline.retrieve(question, top_k=depth, mode=mode, filters=hidden)
                     elapsed = time.perf_counter() - t0
                     seconds[f"retrieval.{mode}"] += elapsed
                     seconds["retrieval"] += elapsed
@@ -412,7 +413,7 @@ class EvalRunner:
                 if answers:
                     t0 = time.perf_counter()
                     asked = question if sample.history else sample.question
-                    result = pipeline.run(asked, request_id=f"eval-{sample.id}")
+                    result = pipeline.run(asked, filters=hidden, request_id=f"eval-{sample.id}")
                     seconds["answer"] += time.perf_counter() - t0
                     # the judge sees what the generator saw: the budgeted context of the prompt, or, when the
                     # pipeline abstained before generating, the chunks it retrieved

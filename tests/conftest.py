@@ -24,6 +24,7 @@ from rag.runtime import configure_runtime  # noqa: E402
 
 configure_runtime()  # the suite is an entry point like the CLI: offline, no telemetry, passive OpenMP
 
+from rag.answering.generation.backends import LocalBackend, smollm2_path  # noqa: E402
 from rag.indexing.embedding import Embedder  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 
@@ -70,6 +71,14 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Path(configured).mkdir(parents=True, exist_ok=True)
         return Path(configured)
     return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def smollm() -> LocalBackend:
+    """SmolLM2-135M: fast enough for plumbing tests, not for answer quality."""
+    backend = LocalBackend(smollm2_path(), threads=2, max_tokens=48)
+    backend.load()
+    return backend
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from api.app import Services, create_app
 from ingest.pipeline import IngestionPipeline
 from rag.answering.generation.answerer import make_answerer
-from rag.answering.generation.backends import LocalBackend, smollm2_path
+from rag.answering.generation.backends import LocalBackend
 from rag.indexing.embedding import Embedder
 from rag.settings import Settings
 from tests.conftest import SAMPLES, free_port, stop, wait_for_http
@@ -30,14 +30,6 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder
     )
     assert summary.documents_added == 10 and not summary.documents_failed
     return data_dir
-
-
-@pytest.fixture(scope="session")
-def smollm() -> LocalBackend:
-    """SmolLM2-135M: fast enough for plumbing tests, not for answer quality."""
-    backend = LocalBackend(smollm2_path(), threads=2, max_tokens=48)
-    backend.load()
-    return backend
 
 
 @pytest.fixture

@@ -154,6 +154,10 @@ class JudgeServer:
             return {"text": "still not json"}
         return {}
 
+    def content(self, marker: str, schema: dict[str, Any], text: str) -> str:
+        """The reply's text; a subclass scripts other conversations over the same protocol."""
+        return "this is {not json" if marker == "MALFORMED" else json.dumps(self.verdict(schema, text))
+
     def handle(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         text = "\n".join(m.get("content", "") for m in body.get("messages", []))
         marker = self.marker(text)
@@ -166,7 +170,7 @@ class JudgeServer:
         if marker == "FLAKY" and count == 1:
             return 500, {"error": {"message": "temporary overload"}}
         schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
-        content = "this is {not json" if marker == "MALFORMED" else json.dumps(self.verdict(schema, text))
+        content = self.content(marker, schema, text)
         finish = "length" if marker == "TRUNCATE" else "stop"
         return 200, {
             "id": f"chatcmpl-{len(self.requests)}",
