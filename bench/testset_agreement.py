@@ -1,0 +1,212 @@
+"""Does a generated test set rank pipeline configurations the way a human-written one does?
+
+``python -m bench.testset_agreement [--dataset scifact --dataset pubmedqa] [--n 40] [--distractors 200]``
+
+For each dataset: a seeded sample of N human questions (SciFact test queries, PubMedQA questions); a corpus of
+their gold documents plus seeded distractors (PubMedQA: all 500 abstracts), ingested into its own collection; a
+generated set written by ``rag eval generate``'s ``QuestionSetGenerator`` from the chunks of the SAME gold
+documents (N questions, no near-misses: answerable ones only, as the human sets are). Both sets are then scored,
+retrieval only, under five configurations: dense, BM25, hybrid (convex fusion, the default), hybrid with RRF, and
+hybrid with the cross-encoder reranking the top candidates. The configurations are ranked by mean nDCG@10 on each
+set; Kendall's tau-b between the two rankings is the agreement (target >= 0.6), with a 95% bootstrap interval
+(questions of both sets resampled, 1,000 times). Needs ../shared/data; writes .bench/testset_agreement-*.json and
+the generated sets in the data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import SHARED_DATA, BenchError, table, write_result
+from eval.datasets import Dataset, load_dataset
+from eval.runner import EvalOptions, EvalRunner
+from eval.testset import GenerationConfig, QuestionSetGenerator, write_testset
+from ingest.pipeline import IngestionPipeline
+from rag.answering.generation.backends import make_backend
+from rag.hashing import sha256_json
+from rag.indexing.embedding import Embedder
+from rag.indexing.store import VectorStore
+from rag.ml.slices import bootstrap_ci
+from rag.runtime import configure_runtime
+from rag.settings import Settings
+
+METRIC = "ndcg_at_10"
+RESAMPLES = 1000
+# name -> (settings overrides, retrieval mode scored)
+CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
+    "dense": ({}, "dense"),
+    "bm25": ({}, "bm25"),
+    "hybrid": ({}, "hybrid"),
+    "hybrid-rrf": ({"fusion": "rrf"}, "hybrid"),
+    "hybrid+rerank": ({"rerank": True}, "hybrid"),
+}
+
+
+@dataclass
+class Prepared:
+    name: str
+    collection: str
+    human: Path
+    gold: set[str]
+
+
+def kendall_tau_b(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties in either ranking count as neither concordant nor discordant)."""
+    concordant = discordant = ties_x = ties_y = 0
+    for i, j in combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            ties_x += 1
+        elif dy == 0:
+            ties_y += 1
+        elif dx == dy:
+            concordant += 1
+        else:
+            discordant += 1
+    denominator = np.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return float((concordant - discordant) / denominator) if denominator else float("nan")
+
+
+def _corpus_lines(path: Path) -> dict[str, str]:
+    lines: dict[str, str] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                lines[str(json.loads(line)["_id"])] = line.rstrip("\n")
+    return lines
+
+
+def prepare(name: str, n: int, distractors: int, settings: Settings, embedder: Embedder) -> Prepared:
+    """The human set (JSONL, so both sets go through the same loader) and the ingested corpus."""
+    work = settings.data_dir / "agreement"
+    path = SHARED_DATA / name
+    if not path.exists():
+        raise BenchError(f"{path} is missing: this benchmark needs ../shared/data/{name}")
+    dataset: Dataset = load_dataset(path, limit=n, seed=settings.seed, split="test", work_dir=work)
+    corpus_file = dataset.corpus[0] if dataset.corpus else path / "corpus.jsonl"
+    lines = _corpus_lines(corpus_file)
+    gold = {d for s in dataset.samples for d in s.relevant_doc_ids if d in lines}
+    others = sorted(d for d in lines if d not in gold)
+    keep = gold | set(random.Random(f"{settings.seed}:{name}:agreement").sample(others, min(distractors, len(others))))
+    ids = [d for d in lines if d in keep]
+    digest = sha256_json({"ids": ids})[:10]
+    corpus = work / f"{name}-{digest}.jsonl"
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    corpus.write_text("\n".join(lines[d] for d in ids) + "\n", encoding="utf-8")
+    collection = f"agree-{name}-{digest}"
+    IngestionPipeline(settings.with_overrides(collection=collection), embedder=embedder, progress=True).run([corpus])
+    human = work / f"{name}-human.jsonl"
+    human.write_text("".join(s.model_dump_json(exclude_defaults=True) + "\n" for s in dataset.samples
+                             if s.relevant_doc_ids & gold), encoding="utf-8")  # fmt: skip
+    return Prepared(name, collection, human, gold)
+
+
+def generate(prepared: Prepared, n: int, settings: Settings, embedder: Embedder) -> tuple[Path, dict[str, Any]]:
+    """N generated questions from the chunks of the human questions' gold documents."""
+    s = settings.with_overrides(collection=prepared.collection)
+    chunks = [c for c in VectorStore(s).iter_chunks() if str(c.metadata.get("doc_id")) in prepared.gold]
+    config = GenerationConfig(n=n, near_miss_share=0.0, seed=settings.seed)
+    generator = QuestionSetGenerator(s, config, make_backend(s), embedder)
+    result = generator.run(chunks, collection=prepared.collection, index_version=None)
+    output = settings.data_dir / "agreement" / f"{prepared.name}-generated.jsonl"
+    write_testset(result, output)
+    return output, result.summary()
+
+
+def score(path: Path, collection: str, settings: Settings, embedder: Embedder) -> dict[str, np.ndarray]:
+    """Per-question nDCG@10 of every configuration (retrieval only)."""
+    out: dict[str, np.ndarray] = {}
+    for config, (overrides, mode) in CONFIGS.items():
+        s = settings.with_overrides(collection=collection, retrieval_mode=mode, eval_bootstrap_resamples=100,
+                                    **overrides)  # fmt: skip
+        options = EvalOptions(dataset=path, collection=collection, judge="none", answers=False, modes=[mode],
+                              progress=False, log_to_mlflow=False)  # fmt: skip
+        _, frame, _ = EvalRunner(s, options, embedder=embedder).run()
+        out[config] = frame[METRIC].to_numpy(dtype=float)
+    return out
+
+
+def agreement(human: dict[str, np.ndarray], generated: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    names = list(CONFIGS)
+    h = [float(np.nanmean(human[c])) for c in names]
+    g = [float(np.nanmean(generated[c])) for c in names]
+    rng = np.random.default_rng(seed)
+    n_h, n_g = len(human[names[0]]), len(generated[names[0]])
+    taus = []
+    for _ in range(RESAMPLES):
+        ih, ig = rng.integers(0, n_h, n_h), rng.integers(0, n_g, n_g)
+        taus.append(kendall_tau_b([float(np.nanmean(human[c][ih])) for c in names],
+                                  [float(np.nanmean(generated[c][ig])) for c in names]))  # fmt: skip
+    finite = np.array([t for t in taus if np.isfinite(t)])
+    return {
+        "configs": names,
+        "human": dict(zip(names, h, strict=True)),
+        "generated": dict(zip(names, g, strict=True)),
+        "human_ci": {c: list(bootstrap_ci(human[c])) for c in names},
+        "generated_ci": {c: list(bootstrap_ci(generated[c])) for c in names},
+        "kendall_tau": kendall_tau_b(h, g),
+        "kendall_tau_ci95": [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))],
+        "n_human": n_h,
+        "n_generated": n_g,
+    }
+
+
+def run(datasets: list[str], n: int, distractors: int, data_dir: Path) -> dict[str, Any]:
+    settings = Settings(data_dir=data_dir)
+    embedder = Embedder(settings)
+    out: dict[str, Any] = {"n": n, "distractors": distractors, "metric": METRIC, "datasets": {}}
+    for name in datasets:
+        prepared = prepare(name, n, distractors, settings, embedder)
+        generated_path, summary = generate(prepared, n, settings, embedder)
+        human = score(prepared.human, prepared.collection, settings, embedder)
+        generated = score(generated_path, prepared.collection, settings, embedder)
+        out["datasets"][name] = {**agreement(human, generated, settings.seed), "generation": summary,
+                                 "generated_set": str(generated_path)}  # fmt: skip
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    parts = []
+    for name, r in result["datasets"].items():
+        rows = [{"config": c, "human": r["human"][c], "generated": r["generated"][c]} for c in r["configs"]]
+        gen = r["generation"]
+        columns = [("config", "config"), ("human", f"human {METRIC}", 3), ("generated", f"generated {METRIC}", 3)]
+        low, high = r["kendall_tau_ci95"]
+        parts.append(
+            table(rows, columns, title=f"{name}: {r['n_human']} human / {r['n_generated']} generated questions")
+            + f"\nKendall tau-b = {r['kendall_tau']:.3f} (95% CI [{low:.3f}, {high:.3f}]); generation: "
+            f"{gen['attempts']} chunks tried, rejected {gen['rejected']}, {gen['seconds']:.0f}s"
+        )
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", action="append", choices=["scifact", "pubmedqa"], default=None)
+    parser.add_argument("--n", type=int, default=40)
+    parser.add_argument("--distractors", type=int, default=200)
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/ragkit-bench-agreement"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    configure_runtime()
+    try:
+        result = run(args.dataset or ["scifact", "pubmedqa"], args.n, args.distractors, args.data_dir)
+    except BenchError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    path = write_result("testset_agreement", result, args.out)
+    print(render(result))
+    print(f"\nJSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
