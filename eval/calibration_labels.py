@@ -91,7 +91,7 @@ def replay(question: CalibrationQuestion, record: dict[str, Any], verifier: Answ
     if generated is None or reason in PRE_VERIFICATION_REASONS or generated.model_said_unknown:
         features = signal_features(retrieval, generated)
         return Outcome(question.uid, False, reason or "model_unknown", "", [], False, features)
-    report = verifier.run(generated, {c.chunk_id: c.text for c in retrieval.chunks})
+    report = verifier.run(generated, {c.chunk_id: c.text for c in retrieval.chunks}, record["question"])
     features = signal_features(retrieval, generated)
     features.update({f"verify.{k}": float(v) for k, v in report.features.items()})
     if report.final_text is None:

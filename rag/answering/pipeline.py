@@ -280,7 +280,7 @@ class QueryPipeline:
         verification: VerificationReport | None = None
         if reason_or_none is None:
             tick = time.perf_counter()
-            verification = self.verifier.run(generated, {c.chunk_id: c.text for c in retrieval.chunks})
+            verification = self.verifier.run(generated, {c.chunk_id: c.text for c in retrieval.chunks}, question)
             timings["verification"] = (time.perf_counter() - tick) * 1000
             reason_or_none = verification.abstain_reason
         yield self._result(

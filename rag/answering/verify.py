@@ -3,7 +3,8 @@
 A 1.5B model cites sources it was not shown, forgets ``[n]``, and copies a date from the wrong event. This step
 catches that after generation, offline and cheaply (regexes, word sets and one batched cross-encoder call).
 
-Per answer sentence (split like the sources, a trailing bare ``[n]`` joined to the sentence before it):
+Per answer sentence (split like the sources, a trailing bare ``[n]`` joined to the sentence before it, and cut at
+the prompt's gap marker "…": a model copying it glues pieces of different passages into one "sentence"):
 
 1. **Citation.** It must carry at least one ``[n]`` that maps to a source it was shown, and no ``[n]`` that does
    not (an invalid number fails the sentence; it is never dropped silently). A sentence without content words
@@ -23,7 +24,9 @@ Per answer sentence (split like the sources, a trailing bare ``[n]`` joined to t
 4. **Overlap**: the share of the sentence's content words (``sentences.terms``) found in the cited text must be at
    least ``verify_min_overlap``.
 5. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
-   quote) and the mean/min token log-probability of the sentence's span.
+   quote), the mean/min token log-probability of the sentence's span, and, per answer, the cross-encoder logit of
+   (question, the answer's claims) (``ce_question``: a supported copy of a passage that does not answer the
+   question scores low).
 
 A sentence is **supported** when 1-4 pass (and, if ``verify_min_cross_encoder`` is set, its cross-encoder logit
 reaches it). The **supporting quote** of each citation is the exact span of the chunk text as stored (``start``,
@@ -61,6 +64,7 @@ _CITATION_MARK = re.compile(
     re.IGNORECASE,
 )
 _ONLY_CITATIONS = re.compile(rf"^(?:\s*{_CITATION_MARK.pattern}\s*)+[.!?]?\s*$", re.IGNORECASE)
+_GAP = re.compile(r"\s*…\s*")  # prompt.GAP, the marker between non-adjacent sentences of one source
 _LEADING_CITATIONS = re.compile(rf"(?:{_CITATION_MARK.pattern}\s*)+", re.IGNORECASE)
 _DIGITS = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:st|nd|rd|th|s)?(?![\w])")
 _UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -142,11 +146,27 @@ def spans(text: str) -> list[tuple[int, int]]:
     return found
 
 
+def _gap_pieces(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """A span cut at the prompt's gap marker ("…" between non-adjacent source sentences): a model that copies
+    that marker glues pieces of different passages into one "sentence", and each piece is a claim of its own."""
+    pieces: list[tuple[int, int]] = []
+    cursor = start
+    for match in [*_GAP.finditer(text, start, end), None]:
+        stop = match.start() if match else end
+        piece = text[cursor:stop]
+        if piece.strip():
+            lead = len(piece) - len(piece.lstrip())
+            pieces.append((cursor + lead, cursor + len(piece.rstrip())))
+        cursor = match.end() if match else cursor
+    return pieces
+
+
 def answer_spans(text: str) -> list[tuple[int, int]]:
     """Answer sentences. Citations that open a piece after a sentence end ("Mainz. [1] He died...") belong to the
-    sentence before them, and a piece that is only citations is joined to it."""
+    sentence before them, and a piece that is only citations is joined to it. A sentence is also cut at the
+    context's gap marker (``_gap_pieces``)."""
     merged: list[tuple[int, int]] = []
-    for start, end in spans(text):
+    for start, end in (piece for span in spans(text) for piece in _gap_pieces(text, *span)):
         if merged and _ONLY_CITATIONS.match(text[start:end]):
             merged[-1] = (merged[-1][0], end)
             continue
@@ -476,11 +496,17 @@ class AnswerVerifier:
             "cross_encoder": getattr(self.encoder, "to_dict", lambda: None)(),
         }
 
-    def verify(self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str]) -> VerificationReport:
+    def verify(
+        self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str], question: str | None = None
+    ) -> VerificationReport:
         """``chunk_texts``: chunk id -> full chunk text as stored (quotes are offsets into it)."""
-        return self.run(generated, chunk_texts)
+        return self.run(generated, chunk_texts, question)
 
-    def run(self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str]) -> VerificationReport:
+    def run(
+        self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str], question: str | None = None
+    ) -> VerificationReport:
+        """``question``, when given, is scored against the answer (``ce_question``: does it answer THIS question,
+        or is it a supported copy of some other passage?)."""
         started = time.perf_counter()
         text = generated.text
         sources = {
@@ -498,6 +524,7 @@ class AnswerVerifier:
                     check.dropped, check.cited, check.repaired = check.cited, [], moved
                     self._support(check, sources)
         self._score_pairs(checks)
+        relevance = self._question_relevance(question, checks)
         self._logprobs(checks, generated)
         for check in checks:
             threshold = self.min_cross_encoder
@@ -509,9 +536,12 @@ class AnswerVerifier:
         for check in kept:
             for n in check.citations:
                 quotes.setdefault(n, check.quotes[n])
+        features = answer_features(checks, generated, self.encoder is not None)
+        if relevance is not None:
+            features["ce_question"] = relevance
         return VerificationReport(
             sentences=checks,
-            features=answer_features(checks, generated, self.encoder is not None),
+            features=features,
             verdict=verdict,
             policy=self.policy,
             final_text=final,
@@ -591,6 +621,13 @@ class AnswerVerifier:
         for (k, _, _), logit in zip(pairs, logits, strict=True):
             current = checks[k].cross_encoder
             checks[k].cross_encoder = float(logit) if current is None else max(current, float(logit))
+
+    def _question_relevance(self, question: str | None, checks: Sequence[SentenceCheck]) -> float | None:
+        """The cross-encoder's logit for (question, the answer's claims without citation marks)."""
+        claims = " ".join(_CITATION_MARK.sub("", c.text).strip() for c in checks if c.needs_citation)
+        if self.encoder is None or not question or not claims:
+            return None
+        return round(float(self.encoder.score([(question, claims)])[0]), 6)
 
     @staticmethod
     def _logprobs(checks: Sequence[SentenceCheck], generated: GeneratedAnswer) -> None:

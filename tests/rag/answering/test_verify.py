@@ -194,6 +194,30 @@ def test_cross_encoder_scores_support_higher_than_an_unrelated_quote(make_settin
     assert "ce_min" not in verify("Gutenberg was born in Mainz [1].", "c-print").features
 
 
+def test_the_cross_encoder_scores_whether_the_answer_answers_the_question(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A supported copy of the wrong passage (the calibration set's "first person Jenner vaccinated" answered with
+    the mRNA sentence) scores low against the question; the feature is left out without a question."""
+    verifier = AnswerVerifier(encoder=CrossEncoder(make_settings()))
+    answer = generated("Gutenberg was born in Mainz around 1400 [1].", "c-print")
+    right = verifier.run(answer, {}, "Where was Johannes Gutenberg born?")
+    wrong = verifier.run(answer, {}, "Who decoded the waggle dance of honeybees?")
+    assert right.features["ce_question"] > wrong.features["ce_question"] + 3.0
+    assert "ce_question" not in verifier.run(answer, {}).features
+
+
+def test_a_copied_gap_marker_splits_the_sentence_into_claims_that_each_need_support() -> None:
+    text = "Gutenberg trained as a goldsmith … Karl von Frisch decoded the waggle dance [1]."
+    assert [text[a:b] for a, b in answer_spans(text)] == [
+        "Gutenberg trained as a goldsmith", "Karl von Frisch decoded the waggle dance [1]."
+    ]
+    report = verify(text, "c-bees", "c-print", repair=False)
+    assert report.final_text is None and report.abstain_reason == "uncited"
+    glued = verify("He trained as a goldsmith … and he died in February 1468 [2].", "c-bees", "c-print")
+    assert glued.final_text is not None  # each piece is in the cited source: supported, nothing lost
+
+
 def test_the_verifier_reads_its_settings(make_settings: Callable[..., Settings]) -> None:
     verifier = AnswerVerifier.from_settings(make_settings(unsupported_policy="cut", verify_min_overlap=0.7))
     assert verifier.policy == "cut" and verifier.min_overlap == 0.7 and verifier.encoder is None
