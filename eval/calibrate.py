@@ -99,14 +99,14 @@ class FitConfig:
 
     seed: int = 42
     shares: tuple[tuple[str, float], ...] = (("fit", 0.35), ("calibration", 0.35), ("test", 0.3))
-    l2: float = 1.0
+    l2_grid: tuple[float, ...] = (1.0, 10.0, 100.0)  # chosen with the model kind by CV on the fit split
     delta: float = 0.1  # the threshold's guarantee holds with probability >= 1 - delta
     bins: int = 10
     kinds: tuple[str, ...] = ("logistic", "logistic+isotonic")
     policy: str = "abstain"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"shares": dict(self.shares), "kinds": list(self.kinds)}
+        return asdict(self) | {"shares": dict(self.shares), "kinds": list(self.kinds), "l2_grid": list(self.l2_grid)}
 
 
 def assign_splits(questions: list[Any], config: FitConfig) -> dict[str, str]:
@@ -144,6 +144,7 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
     rows = [[feature_value(o.features, s) for s in specs] for o in fit]
     x = np.array(rows, dtype=float).reshape(len(fit), len(specs))
     y = np.array([o.correct for o in fit], dtype=float)
+    l2: float | None = None
     if len(set(y)) < 2:  # no answers or one class: a constant model at the Laplace-smoothed rate, said so
         log.warning("the fit split has %d answers, %d right: fitting a constant model", len(y), int(y.sum()))
         cv: dict[str, Any] = {"note": f"fit split has one class ({int(y.sum())}/{len(y)} right): constant model"}
@@ -153,9 +154,10 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
                                   "scale": np.ones(len(specs)), "coef": np.zeros(len(specs)),
                                   "intercept": float(np.log(rate / (1 - rate))), "isotonic": None}
     else:
-        cv = {kind: cross_validate(x, y, kind, l2=config.l2, seed=config.seed) for kind in config.kinds}
-        kind = min(config.kinds, key=lambda k: (round(cv[k]["brier"], 12), config.kinds.index(k)))
-        params = fit_model(x, y, kind, l2=config.l2, seed=config.seed)
+        grid = [(kind, l2) for kind in config.kinds for l2 in config.l2_grid]
+        cv = {f"{kind}@l2={l2:g}": cross_validate(x, y, kind, l2=l2, seed=config.seed) for kind, l2 in grid}
+        kind, l2 = min(grid, key=lambda c: (round(cv[f"{c[0]}@l2={c[1]:g}"]["brier"], 12), grid.index(c)))
+        params = fit_model(x, y, kind, l2=l2, seed=config.seed)
     for spec, mean, scale, coef in zip(specs, params["mean"], params["scale"], params["coef"], strict=True):
         spec.update({"mean": float(mean), "scale": float(scale), "coef": float(coef)})
     artifact: dict[str, Any] = {
@@ -168,7 +170,7 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
     for target in TARGET_GRID:
         chosen = select_threshold(p_cal, wrong, target, config.delta, NEVER_ANSWER)
         artifact["thresholds"].append({"target_error_rate": target} | chosen)
-    return artifact, {"cv": cv, "chosen_kind": kind, "n_fit": len(fit), "n_calibration": len(cal)}
+    return artifact, {"cv": cv, "chosen_kind": kind, "chosen_l2": l2, "n_fit": len(fit), "n_calibration": len(cal)}
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
@@ -229,6 +231,8 @@ def evaluate(model: Any, questions: list[Any], outcomes: dict[str, Any], setting
         "ece_uncalibrated": ece(old, y, bins),
         "reliability": reliability_table(p, y, bins),
         "at_target": per_target,
+        # what serving does where no threshold is certified for the target (RAG_UNCERTIFIED_MIN_CONFIDENCE)
+        "uncertified_fallback": operating_point(questions, outcomes, conf, settings.uncertified_min_confidence),
         "risk_coverage": [
             {"threshold": c["threshold"], "error_rate": c["error_rate_answered"]["value"] or 0.0,
              "answered": c["error_rate_answered"]["n"], "coverage_answerable": c["coverage_answerable"]["value"]}
@@ -347,6 +351,11 @@ def render_report(main: CalibrationRun, others: list[CalibrationRun]) -> str:
         for r in [main, *others]
     )
     head = "".join(f"<th>{esc(k)}</th>" for k in RATE_KEYS)
+    uncertified = test.get("uncertified_fallback")
+    fallback = (
+        f"<tr><td>uncertified fallback</td><td>{uncertified['threshold']:.3f}</td>"
+        + "".join(f"<td>{_fmt_rate(uncertified[k])}</td>" for k in RATE_KEYS) + "</tr>"
+    ) if uncertified else ""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>rag calibrate</title><style>body{font-family:"
         "sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:13px}td,th{padding:3px "
@@ -357,7 +366,9 @@ def render_report(main: CalibrationRun, others: list[CalibrationRun]) -> str:
         f"step. Brier {test['brier']:.3f} (uncalibrated heuristic {test['brier_uncalibrated']:.3f}), ECE "
         f"{test['ece']:.3f} (heuristic {test['ece_uncalibrated']:.3f}). Rates: value [95% Clopper-Pearson CI] "
         "(k/n).</p>",
-        f"<h2>By target error rate</h2><table><tr><th>target</th><th>threshold</th>{head}</tr>{rows}</table>",
+        f"<h2>By target error rate</h2><table><tr><th>target</th><th>threshold</th>{head}</tr>{rows}{fallback}"
+        "</table><p>A target whose threshold is 1.010 has no certified threshold: serving then abstains below "
+        "RAG_UNCERTIFIED_MIN_CONFIDENCE (last row).</p>",
         "<h2>Unsupported-sentence policy at target 0.05</h2><table><tr><th>policy</th><th>version</th>"
         f"<th>model</th><th>Brier</th><th>ECE</th>{head}</tr>{policy_rows}</table>",
     ]

@@ -256,6 +256,14 @@ class Settings(BaseSettings):
         description="Answers whose calibrated confidence is below the threshold fitted for this rate of wrong "
         "answers among answered questions abstain (low_confidence); 1 = never abstain on confidence.",
     )
+    uncertified_min_confidence: float = Field(
+        0.5,
+        ge=0,
+        le=1.01,
+        description="When the confidence model certifies no threshold for RAG_TARGET_ERROR_RATE (too few labelled "
+        "answers), answers below this calibrated confidence abstain instead (0.5: withhold answers more likely "
+        "wrong than right); 1.01 = abstain on every answer, as the unmet guarantee strictly asks.",
+    )
 
     # --- API
     max_question_chars: int = Field(1000, ge=1, le=100000, description="Longer questions are rejected with 422.")

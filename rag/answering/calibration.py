@@ -15,6 +15,7 @@ Without an artifact the model is explicitly ``uncalibrated``: the old hand-set s
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from rag.settings import Settings
 ARTIFACT_FORMAT = 1
 DEFAULT_ARTIFACT = "calibration_default.json"
 UNCALIBRATED = "uncalibrated"
+log = logging.getLogger("rag")
 NEVER_ANSWER = 1.01  # a threshold above any probability: no feasible threshold for that target error rate
 TARGET_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
 MISSING_PREFIX = "missing:"  # a derived 0/1 feature: the named feature was absent (e.g. no token log-probs)
@@ -96,12 +98,21 @@ class ConfidenceModel:
     def from_settings(cls, settings: Settings) -> ConfidenceModel:
         """``RAG_CALIBRATION_PATH``, else the packaged default, else the explicit uncalibrated model."""
         if settings.calibration_path is not None:
-            return cls.load(settings.calibration_path, settings.target_error_rate, settings)
-        packaged = resources.files("rag.answering").joinpath(DEFAULT_ARTIFACT)
-        if packaged.is_file():
-            return cls.from_artifact(json.loads(packaged.read_text(encoding="utf-8")), settings.target_error_rate,
-                                     settings, source=f"package:{DEFAULT_ARTIFACT}")
-        return cls.uncalibrated(settings)
+            model = cls.load(settings.calibration_path, settings.target_error_rate, settings)
+        else:
+            packaged = resources.files("rag.answering").joinpath(DEFAULT_ARTIFACT)
+            if not packaged.is_file():
+                return cls.uncalibrated(settings)
+            model = cls.from_artifact(json.loads(packaged.read_text(encoding="utf-8")), settings.target_error_rate,
+                                      settings, source=f"package:{DEFAULT_ARTIFACT}")
+        if not model.certified:
+            certified = [t["target_error_rate"] for t in model.artifact["thresholds"] if t["threshold"] < NEVER_ANSWER]
+            log.warning(
+                "confidence model %s certifies no threshold for RAG_TARGET_ERROR_RATE=%s (certified targets: %s); "
+                "answers below RAG_UNCERTIFIED_MIN_CONFIDENCE=%s abstain instead",
+                model.version, settings.target_error_rate, certified, settings.uncertified_min_confidence,
+            )
+        return model
 
     @classmethod
     def load(cls, path: Path, target_error_rate: float = 0.05, settings: Settings | None = None) -> ConfidenceModel:
@@ -154,15 +165,29 @@ class ConfidenceModel:
         return [f["name"] for f in self.artifact.get("features", [])]
 
     @property
+    def certified(self) -> bool:
+        """Whether the artifact holds a Learn-then-Test threshold for the target (always true for target 1)."""
+        if not self.calibrated or self.target_error_rate >= 1.0:
+            return True
+        entry = self._grid_entry()
+        return entry is not None and float(entry["threshold"]) < NEVER_ANSWER
+
+    def _grid_entry(self) -> dict[str, Any] | None:
+        eligible = [t for t in self.artifact["thresholds"] if t["target_error_rate"] <= self.target_error_rate + 1e-12]
+        return max(eligible, key=lambda t: t["target_error_rate"]) if eligible else None
+
+    @property
     def threshold(self) -> float:
         """Abstain below this confidence: the grid's threshold for the largest target <= ``target_error_rate``
-        (conservative); below the whole grid no answer is safe enough (> 1); 0 when uncalibrated or target 1."""
+        (conservative); 0 when uncalibrated or target 1. Where no threshold is certified, the settings'
+        ``uncertified_min_confidence`` (without settings: above every probability, never answer)."""
         if not self.calibrated or self.target_error_rate >= 1.0:
             return 0.0
-        eligible = [t for t in self.artifact["thresholds"] if t["target_error_rate"] <= self.target_error_rate + 1e-12]
-        if not eligible:
-            return NEVER_ANSWER
-        return float(max(eligible, key=lambda t: t["target_error_rate"])["threshold"])
+        if not self.certified:
+            return self.settings.uncertified_min_confidence if self.settings is not None else NEVER_ANSWER
+        entry = self._grid_entry()
+        assert entry is not None
+        return float(entry["threshold"])
 
     def predict(self, features: Mapping[str, float]) -> float:
         """Calibrated probability that the answer is correct (rounded to 4 places, like every response field)."""
@@ -209,6 +234,7 @@ class ConfidenceModel:
             "features": self.feature_names,
             "target_error_rate": self.target_error_rate,
             "threshold": self.threshold,
+            "threshold_rule": "learn-then-test" if self.certified else "uncertified_min_confidence",
             "data_hash": self.artifact.get("data", {}).get("hash"),
         }
 

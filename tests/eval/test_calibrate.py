@@ -127,7 +127,8 @@ def test_fit_is_reproducible_bit_for_bit_and_serves_the_same_probabilities() -> 
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
     names = [f["name"] for f in first["features"]]
     assert names == ["retrieval.top_dense", "verify.lp_mean", "missing:verify.lp_mean"]  # constant "cited" dropped
-    assert set(info["cv"]) == {"logistic", "logistic+isotonic"} and info["chosen_kind"] == first["kind"]
+    assert set(info["cv"]) == {f"{kind}@l2={l2}" for kind in ("logistic", "logistic+isotonic") for l2 in (1, 10, 100)}
+    assert info["chosen_kind"] == first["kind"] and info["chosen_l2"] in (1.0, 10.0, 100.0)
     model = ConfidenceModel.from_artifact(first)
     high = model.predict({"retrieval.top_dense": 0.9, "verify.lp_mean": 0.0})
     low = model.predict({"retrieval.top_dense": 0.2, "verify.lp_mean": -1.0})
@@ -187,6 +188,20 @@ def test_correctness_rules_per_dataset() -> None:
         reference_doc_ids=["coral.html"]), True, "answerable", "c")
     assert is_correct(choice, "Animal [1]", {"coral.html"})
     assert not is_correct(choice, "A plant [1]", {"coral.html"})
+    def asked(q: str, reference: str) -> CalibrationQuestion:
+        return CalibrationQuestion("x", "sample_qa", EvalSample(id="x", question=q, reference=reference,
+                                                                reference_doc_ids=["d.md"]), True, "answerable", "c")
+
+    eggs = asked("How many eggs can a honeybee queen lay in one day?", "Up to about 2,000 eggs a day at the peak.")
+    assert is_correct(eggs, "2,000 eggs in a single day [1].", {"d.md"})  # the asked number, in other words
+    assert not is_correct(eggs, "3,000 eggs in a single day [1].", {"d.md"})
+    why = asked("Why was the Apollo 11 crew put in quarantine?",
+                "Scientists could not rule out that the Moon carried harmful microbes; the crew spent 21 days there.")
+    assert not is_correct(why, "Because they had been in space for 21 days [1].", {"d.md"})  # a number, wrong reason
+    prize = asked("What did Gustaf Dalén get the Nobel Prize for?",
+                  "For the sun valve and related automatic gas-lighting equipment; Physics, 1912.")
+    assert is_correct(prize, "He received it in Physics in 1912 for his work on the sun valve [1].", {"d.md"})
+    assert not is_correct(prize, "He received it in 1912 for his work on radio [1].", {"d.md"})
     pubmed = question("m1", "pubmedqa", True, reference_doc_ids=["101"], decision="no")
     assert is_correct(pubmed, "No, fracture rates did not differ [1].", {"101"})
     assert not is_correct(pubmed, "Yes, coffee raises the risk [1].", {"101"})
@@ -230,3 +245,13 @@ def test_rag_calibrate_end_to_end_with_smollm(tiny_pubmedqa: Path, tmp_path: Pat
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads(second.stdout)["version"] == result["version"]
     assert artifact_path.read_bytes() == before
+
+
+def test_isotonic_prior_keeps_small_blocks_away_from_certainty() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9])
+    y = np.array([0, 1, 0, 1, 1, 1, 1])
+    _, raw = fit_isotonic(scores, y)
+    _, smoothed = fit_isotonic(scores, y, prior=1.0)
+    assert max(raw) == 1.0 and min(raw) == 0.0
+    assert max(smoothed) == pytest.approx(5 / 6) and min(smoothed) > 0  # 4 right of 4: (4+1)/(4+2), not 1
+    assert all(a <= b for a, b in zip(smoothed, smoothed[1:], strict=False))  # still non-decreasing
