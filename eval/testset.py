@@ -78,7 +78,8 @@ QA_SCHEMA: dict[str, Any] = {
     "required": ["question", "answer"],
 }
 CONTEXT_WORDS = re.compile(
-    r"\b(the|this|that|above|given|following) (passage|text|excerpt|paragraph|document|article|section|author)s?\b",
+    r"\b(the|this|that|these|above|given|following|present) (passage|text|excerpt|paragraph|document|article|"
+    r"section|author|study|studie|paper|researcher|report|experiment|trial)s?\b",
     re.IGNORECASE,
 )
 WORD = re.compile(r"[a-z0-9]+")
