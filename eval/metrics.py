@@ -21,7 +21,7 @@ NAN = float("nan")
 CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
-RETRIEVAL_CUTOFFS = {"hit": (1, 5, 10), "recall": (10, 100), "mrr": (10,), "ndcg": (10,)}
+RETRIEVAL_CUTOFFS = {"hit": (1, 3, 5, 10), "recall": (10, 100), "mrr": (10,), "ndcg": (10,)}
 
 
 def ranked_documents(doc_ids: Iterable[str]) -> list[str]:

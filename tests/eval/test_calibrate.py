@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -254,4 +255,4 @@ def test_isotonic_prior_keeps_small_blocks_away_from_certainty() -> None:
     _, smoothed = fit_isotonic(scores, y, prior=1.0)
     assert max(raw) == 1.0 and min(raw) == 0.0
     assert max(smoothed) == pytest.approx(5 / 6) and min(smoothed) > 0  # 4 right of 4: (4+1)/(4+2), not 1
-    assert all(a <= b for a, b in zip(smoothed, smoothed[1:], strict=False))  # still non-decreasing
+    assert all(a <= b for a, b in pairwise(smoothed))  # still non-decreasing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,29 @@ def test_threshold_is_the_largest_grid_target_not_above_the_setting() -> None:
     assert ConfidenceModel.from_artifact(data, 0.1).threshold == 0.7
     assert ConfidenceModel.from_artifact(data, 0.01).threshold == NEVER_ANSWER  # below the grid: never answer
     assert ConfidenceModel.from_artifact(data, 1.0).threshold == 0.0  # collecting: never abstain on confidence
+
+
+def test_an_uncertified_target_falls_back_to_the_minimum_confidence_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = artifact(thresholds=[
+        {"target_error_rate": 0.05, "threshold": NEVER_ANSWER, "feasible": False},
+        {"target_error_rate": 0.1, "threshold": 0.7, "feasible": True},
+        {"target_error_rate": 1.0, "threshold": 0.0, "feasible": True},
+    ])  # fmt: skip
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(data))
+    settings = Settings(data_dir=tmp_path / "d", calibration_path=path, uncertified_min_confidence=0.6)
+    with caplog.at_level(logging.WARNING, logger="rag"):
+        model = ConfidenceModel.from_settings(settings)
+    assert not model.certified and model.threshold == 0.6
+    assert model.to_dict()["threshold_rule"] == "uncertified_min_confidence"
+    assert "certifies no threshold for RAG_TARGET_ERROR_RATE=0.05" in caplog.text and "[0.1, 1.0]" in caplog.text
+    strict = ConfidenceModel.from_settings(settings.with_overrides(uncertified_min_confidence=1.01))
+    assert strict.threshold == NEVER_ANSWER  # the strict reading: no certified threshold, no answer
+    assert ConfidenceModel.from_artifact(data, 0.05).threshold == NEVER_ANSWER  # without settings: strict
+    certified = ConfidenceModel.from_settings(settings.with_overrides(target_error_rate=0.1))
+    assert certified.certified and certified.threshold == 0.7
 
 
 def test_round_trip_through_a_file_and_the_setting(tmp_path: Path) -> None:
