@@ -128,7 +128,7 @@ def score(path: Path, collection: str, settings: Settings, embedder: Embedder) -
     out: dict[str, np.ndarray] = {}
     for config, (overrides, mode) in CONFIGS.items():
         s = settings.with_overrides(collection=collection, retrieval_mode=mode, eval_bootstrap_resamples=100,
-                                    **overrides)  # fmt: skip
+                                    eval_retrieval_depth=10, **overrides)  # nDCG@10 needs 10 (each is reranked)
         options = EvalOptions(dataset=path, collection=collection, judge="none", answers=False, modes=[mode],
                               progress=False, log_to_mlflow=False)  # fmt: skip
         _, frame, _ = EvalRunner(s, options, embedder=embedder).run()
