@@ -14,6 +14,7 @@ Without an artifact the model is explicitly ``uncalibrated``: the old hand-set s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -52,6 +53,16 @@ SIGNAL_DEFAULTS: dict[str, float] = {
     "generation.invalid_citations": 0.0,  # [n] that point at no shown source
     "generation.answer_words": 0.0,  # log1p of the answer's word count
 }
+
+
+@functools.cache
+def _warn_uncertified(version: str, target: float, certified: tuple[float, ...], fallback: float) -> None:
+    """Once per process and setting: the configured error rate has no certified threshold."""
+    log.warning(
+        "confidence model %s certifies no threshold for RAG_TARGET_ERROR_RATE=%s (certified targets: %s); "
+        "answers below RAG_UNCERTIFIED_MIN_CONFIDENCE=%s abstain instead",
+        version, target, list(certified), fallback,
+    )
 
 
 def signal_features(retrieval: Any, generated: Any) -> dict[str, float]:
@@ -107,11 +118,8 @@ class ConfidenceModel:
                                       settings, source=f"package:{DEFAULT_ARTIFACT}")
         if not model.certified:
             certified = [t["target_error_rate"] for t in model.artifact["thresholds"] if t["threshold"] < NEVER_ANSWER]
-            log.warning(
-                "confidence model %s certifies no threshold for RAG_TARGET_ERROR_RATE=%s (certified targets: %s); "
-                "answers below RAG_UNCERTIFIED_MIN_CONFIDENCE=%s abstain instead",
-                model.version, settings.target_error_rate, certified, settings.uncertified_min_confidence,
-            )
+            _warn_uncertified(model.version, settings.target_error_rate, tuple(certified),
+                              settings.uncertified_min_confidence)  # fmt: skip
         return model
 
     @classmethod
