@@ -8,7 +8,7 @@ production`` found no production run for this dataset.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import typer
 
@@ -77,9 +77,8 @@ def eval_command(
     if ctx.invoked_subcommand is not None:
         return
     from eval.gate import PRIMARY_METRICS
-    from eval.report import format_gate, format_text
     from eval.runner import EvalOptions
-    from eval.workflow import outcome_json, run_eval
+    from eval.workflow import run_eval
 
     settings = load_settings(generator=generator)
     if log_pending:
@@ -107,6 +106,14 @@ def eval_command(
     outcome = run_eval(
         settings, options, compare=compare, primary=primary or PRIMARY_METRICS, max_drop=max_drop
     )
+    _finish_eval(outcome, as_json)
+
+
+def _finish_eval(outcome: Any, as_json: bool) -> None:
+    """Print the outcome; exit 2 (MLflow), 3 (no baseline) or 1 (gate failed) as documented."""
+    from eval.report import format_gate, format_text
+    from eval.workflow import outcome_json
+
     if as_json:
         emit_json(outcome_json(outcome))
     else:

@@ -188,6 +188,9 @@ class SessionStore:
                 " ON CONFLICT(session) DO UPDATE SET touched = excluded.touched",
                 (session, collection, now, owner),
             )
+            stored = db.execute("SELECT owner FROM sessions WHERE session = ?", (session,)).fetchone()[0]
+            if (stored or ANONYMOUS) != owner:  # another caller created this id meanwhile: rolled back, unwritten
+                raise ApiError(403, "forbidden", f"session {session!r} was started by another caller (API key)")
             last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM turns WHERE session = ?", (session,)).fetchone()[0]
             db.executemany(
                 "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?)",

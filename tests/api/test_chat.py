@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from api.problems import ApiError
 from api.routes.chat import ChatResponse, SessionStore
 from rag.answering.conversation import REWRITE_SYSTEM, ChatTurn
 from rag.answering.generation.prompt import SYSTEM_PROMPT
@@ -128,6 +129,10 @@ def test_session_store_caps_turns_and_sessions(tmp_path: Path) -> None:
     store.append("session-b", "documents", "key:b", [("user", "x", "standalone x")])
     store.append("session-c", "documents", "anonymous", [("user", "y", None)])
     assert store.history("session-a", "documents", "anonymous") == []  # least recently used, dropped by the cap
+    assert store.history("session-b", "documents", "key:b") == [ChatTurn("user", "standalone x")]
+    with pytest.raises(ApiError) as refused:  # the same id, created meanwhile by another caller: nothing written
+        store.append("session-b", "documents", "anonymous", [("user", "mine", None)])
+    assert refused.value.status == 403
     assert store.history("session-b", "documents", "key:b") == [ChatTurn("user", "standalone x")]
 
 

@@ -36,7 +36,7 @@ class ExtractiveGenerator:
         candidates = [
             (ctx.index, position, sentence, terms(sentence))
             for ctx in contexts
-            for position, sentence in enumerate(split_sentences(ctx.text))
+            for position, sentence in enumerate(gap_free_sentences(ctx.text))
             if len(sentence.split()) >= self.min_words
         ]
         weights = question_weights(question, [c[3] for c in candidates])
@@ -72,3 +72,9 @@ class ExtractiveGenerator:
             "min_overlap": self.min_overlap,
             "min_words": self.min_words,
         }
+
+
+def gap_free_sentences(text: str) -> list[str]:
+    """The context's sentences, cut at its gap marker "…": pieces of non-adjacent source sentences are separate
+    claims (the verifier cuts there too), so each one gets its own [n]."""
+    return [piece.strip() for sentence in split_sentences(text) for piece in sentence.split("…") if piece.strip()]
