@@ -79,7 +79,7 @@ QA_SCHEMA: dict[str, Any] = {
 }
 CONTEXT_WORDS = re.compile(
     r"\b(the|this|that|these|above|given|following|present) (passage|text|excerpt|paragraph|document|article|"
-    r"section|author|study|studie|paper|researcher|report|experiment|trial)s?\b",
+    r"section|author|study|studie|paper|researcher|report|experiment|trial|patient|participant|cohort)s?\b",
     re.IGNORECASE,
 )
 WORD = re.compile(r"[a-z0-9]+")
