@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,32 @@ def stop(process: subprocess.Popen[Any]) -> None:
             process.wait()
 
 
+@contextmanager
+def serving(
+    command: Sequence[str], log_path: Path, port: int, ready: Sequence[str], timeout_s: float,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """A server process on 127.0.0.1:``port``: started with its output in ``log_path``, its URL yielded once every
+    ``ready`` path answers, stopped afterwards."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for path in ready:
+                wait_for_http(f"{url}{path}", timeout_s, process)
+            yield url
+        finally:
+            stop(process)
+
+
+def rag_serve(data_dir: Path, timeout_s: float = 120, **env: str) -> AbstractContextManager[str]:
+    """`rag serve` as a user starts it (extractive generator unless ``env`` says otherwise) over ``data_dir``."""
+    port = free_port()
+    command = [sys.executable, "-m", "rag", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    environment = {**os.environ, "RAG_DATA_DIR": str(data_dir), "RAG_GENERATOR": "extractive", **env}
+    return serving(command, data_dir / "serve.log", port, ("/healthz", "/readyz"), timeout_s, environment)
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where assembled model files live for the session (reuse across runs with RAG_TEST_MODELS_DIR)."""
@@ -104,16 +131,6 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     path = tmp_path_factory.mktemp("chroma-server")
     chroma = shutil.which("chroma", path=str(VENV_BIN)) or "chroma"
-    log = (path / "server.log").open("w")
-    process = subprocess.Popen(
-        [chroma, "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/api/v2/heartbeat", 60, process)
+    command = [chroma, "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)]
+    with serving(command, path / "server.log", port, ("/api/v2/heartbeat",), 60) as url:
         yield url
-    finally:
-        stop(process)
-        log.close()

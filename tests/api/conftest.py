@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from rag.answering.generation.answerer import make_answerer
 from rag.answering.generation.backends import LocalBackend
 from rag.indexing.embedding import Embedder
 from rag.settings import Settings
-from tests.conftest import SAMPLES, free_port, stop, wait_for_http
+from tests.conftest import SAMPLES, rag_serve
 
 API_KEY = "test-key-0123456789"
 
@@ -58,20 +55,5 @@ def make_client(sample_data_dir: Path, embedder: Embedder, smollm: LocalBackend)
 @pytest.fixture(scope="session")
 def live_server(sample_data_dir: Path) -> Iterator[str]:
     """`rag serve` as a user starts it: a real uvicorn process on a free loopback port."""
-    port = free_port()
-    env = {**os.environ, "RAG_DATA_DIR": str(sample_data_dir), "RAG_GENERATOR": "extractive"}
-    log = (sample_data_dir / "serve.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rag", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/healthz", 120, process)
-        wait_for_http(f"{url}/readyz", 120, process)
+    with rag_serve(sample_data_dir) as url:
         yield url
-    finally:
-        stop(process)
-        log.close()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import pytest
 
 from rag.answering.pipeline import ABSTAIN_ANSWER, QueryResponse
 from tests.api.conftest import API_KEY
-from tests.conftest import free_port, stop, wait_for_http
+from tests.conftest import rag_serve
 
 MODEL = "ragkit-documents"
 QUESTION = "Which French scholar announced the decipherment of hieroglyphs in 1822?"
@@ -27,27 +24,8 @@ def keyed_server(sample_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
     """`rag serve` with a required API key, on a private copy of the ingested sample corpus."""
     data_dir = tmp_path_factory.mktemp("openai-data") / "data"
     shutil.copytree(sample_data_dir, data_dir, ignore=shutil.ignore_patterns("*.log", "logs"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "RAG_DATA_DIR": str(data_dir),
-        "RAG_GENERATOR": "extractive",
-        "RAG_API_KEYS": API_KEY,
-        "RAG_REQUIRE_KEY_FOR_QUERY": "true",
-    }
-    with (data_dir / "serve.log").open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rag", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_http(f"{url}/readyz", 180, process)
-            yield url
-        finally:
-            stop(process)
+    with rag_serve(data_dir, 180, RAG_API_KEYS=API_KEY, RAG_REQUIRE_KEY_FOR_QUERY="true") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

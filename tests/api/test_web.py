@@ -6,18 +6,15 @@ test prints where.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from tests.conftest import REPO_ROOT, free_port, stop, wait_for_http
+from tests.conftest import REPO_ROOT, rag_serve
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -57,22 +54,8 @@ def admin_server(sample_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
     """A server with an admin key over a copy of the sample index (uploads must not change the shared one)."""
     data_dir = tmp_path_factory.mktemp("web-admin") / "data"
     shutil.copytree(sample_data_dir, data_dir, ignore=shutil.ignore_patterns("serve.log", "uploads", "chat"))
-    port = free_port()
-    env = {**os.environ, "RAG_DATA_DIR": str(data_dir), "RAG_GENERATOR": "extractive", "RAG_API_KEYS": ADMIN_KEY}
-    log = (data_dir / "serve.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rag", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/readyz", 120, process)
+    with rag_serve(data_dir, RAG_API_KEYS=ADMIN_KEY) as url:
         yield url
-    finally:
-        stop(process)
-        log.close()
 
 
 @pytest.fixture

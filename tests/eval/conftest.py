@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import VENV_BIN, free_port, stop, wait_for_http
+from tests.conftest import VENV_BIN, free_port, serving
 
 DOCS = {
     "d1": ("Lighthouse lenses", "Fresnel lenses let lighthouses project light far out to sea with thin glass rings."),
@@ -238,19 +237,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     mlflow = shutil.which("mlflow", path=str(VENV_BIN)) or "mlflow"
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", 120, process)
+    command = [mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with serving(command, root / "server.log", port, ("/health",), 120, env) as url:
         yield url
-    finally:
-        stop(process)
-        log.close()
