@@ -16,7 +16,6 @@ the generated sets in the data dir.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from dataclasses import dataclass
 from itertools import combinations
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import SHARED_DATA, BenchError, table, write_result
+from eval.calibration_data import read_corpus, write_corpus
 from eval.datasets import Dataset, load_dataset
 from eval.runner import EvalOptions, EvalRunner
 from eval.testset import GenerationConfig, QuestionSetGenerator, write_testset
@@ -77,15 +77,6 @@ def kendall_tau_b(x: list[float], y: list[float]) -> float:
     return float((concordant - discordant) / denominator) if denominator else float("nan")
 
 
-def _corpus_lines(path: Path) -> dict[str, str]:
-    lines: dict[str, str] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                lines[str(json.loads(line)["_id"])] = line.rstrip("\n")
-    return lines
-
-
 def prepare(name: str, n: int, distractors: int, settings: Settings, embedder: Embedder) -> Prepared:
     """The human set (JSONL, so both sets go through the same loader) and the ingested corpus."""
     work = settings.data_dir / "agreement"
@@ -94,15 +85,13 @@ def prepare(name: str, n: int, distractors: int, settings: Settings, embedder: E
         raise BenchError(f"{path} is missing: this benchmark needs ../shared/data/{name}")
     dataset: Dataset = load_dataset(path, limit=n, seed=settings.seed, split="test", work_dir=work)
     corpus_file = dataset.corpus[0] if dataset.corpus else path / "corpus.jsonl"
-    lines = _corpus_lines(corpus_file)
+    lines = read_corpus(corpus_file)
     gold = {d for s in dataset.samples for d in s.relevant_doc_ids if d in lines}
     others = sorted(d for d in lines if d not in gold)
     keep = gold | set(random.Random(f"{settings.seed}:{name}:agreement").sample(others, min(distractors, len(others))))
     ids = [d for d in lines if d in keep]
     digest = sha256_json({"ids": ids})[:10]
-    corpus = work / f"{name}-{digest}.jsonl"
-    corpus.parent.mkdir(parents=True, exist_ok=True)
-    corpus.write_text("\n".join(lines[d] for d in ids) + "\n", encoding="utf-8")
+    corpus = write_corpus(work / f"{name}-{digest}.jsonl", [lines[d] for d in ids])
     collection = f"agree-{name}-{digest}"
     IngestionPipeline(settings.with_overrides(collection=collection), embedder=embedder, progress=True).run([corpus])
     human = work / f"{name}-human.jsonl"

@@ -95,7 +95,7 @@ def _collection_name(dataset: Dataset, digest: str) -> str:
     return f"calib-{dataset.name}-{digest[:10]}"[:63].rstrip("-._")
 
 
-def _write_corpus(path: Path, lines: list[str]) -> Path:
+def write_corpus(path: Path, lines: list[str]) -> Path:
     content = "\n".join(lines) + "\n"
     if not path.is_file() or path.read_text(encoding="utf-8") != content:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def _write_corpus(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def _read_corpus(path: Path) -> dict[str, str]:
+def read_corpus(path: Path) -> dict[str, str]:
     """doc id -> the JSONL line, in file order."""
     out: dict[str, str] = {}
     with path.open(encoding="utf-8") as handle:
@@ -134,7 +134,7 @@ def _near_miss_plan(
     removed = [d for d in removed if d not in kept_gold]
     ids = [d for d in corpus_lines if (keep_docs is None or d in keep_docs) and d not in set(removed)]
     digest = sha256_json({"ids": ids, "name": name})
-    corpus = _write_corpus(work_dir / "corpora" / f"calib-{name}-{digest[:12]}.jsonl", [corpus_lines[d] for d in ids])
+    corpus = write_corpus(work_dir / "corpora" / f"calib-{name}-{digest[:12]}.jsonl", [corpus_lines[d] for d in ids])
     plan = CollectionPlan(f"calib-{name}-{digest[:10]}"[:63].rstrip("-._"), [corpus], removed_doc_ids=removed)
     for i, (sample, origin) in enumerate(samples):
         gone = i in removed_idx and not (sample.relevant_doc_ids & kept_gold)
@@ -184,7 +184,7 @@ def _derived_plan(path: Path, options: BuildOptions, work_dir: Path) -> Collecti
     n = options.limit_for(first.name, 100) or 100
     if first.kind == "pubmedqa":
         samples = [(s, "all") for s in _seeded(first.samples, n, f"{options.seed}:{first.name}")]
-        return _near_miss_plan(first.name, samples, _read_corpus(first.corpus[0]), work_dir, options)
+        return _near_miss_plan(first.name, samples, read_corpus(first.corpus[0]), work_dir, options)
     if first.split == "test":  # no train qrels: every question may go to any split
         samples = [(s, "all") for s in _seeded(first.samples, n, f"{options.seed}:{first.name}")]
     else:
@@ -192,7 +192,7 @@ def _derived_plan(path: Path, options: BuildOptions, work_dir: Path) -> Collecti
         n_test = round(n * options.test_share_beir)
         samples = [(s, "train") for s in _seeded(first.samples, n - n_test, f"{options.seed}:{first.name}:train")]
         samples += [(s, "test") for s in _seeded(test.samples, n_test, f"{options.seed}:{first.name}:test")]
-    corpus_lines = _read_corpus(first.corpus[0])
+    corpus_lines = read_corpus(first.corpus[0])
     gold = {d for s, _ in samples for d in s.relevant_doc_ids if d in corpus_lines}
     others = [d for d in corpus_lines if d not in gold]
     rng = random.Random(f"{options.seed}:{first.name}:distractors")
