@@ -148,7 +148,9 @@ def generate_command(
     stratified chunks, a question and short answer each, filtered, plus near-miss unanswerables."""
     from eval.testset import GenerationConfig, QuestionSetGenerator, write_testset
     from rag.answering.generation.backends import make_backend
-    from rag.answering.retrieval import Retriever
+    from rag.indexing.embedding import Embedder
+    from rag.indexing.manifest import Manifest
+    from rag.indexing.store import VectorStore
 
     settings = load_settings(collection=collection, generator=generator)
     if settings.generator == "extractive":
@@ -159,16 +161,17 @@ def generate_command(
         n=n, near_miss_share=near_miss_share, seed=settings.seed if seed is None else seed,
         min_chunk_words=min_chunk_words, max_attempts_factor=max_attempts_factor,
     )  # fmt: skip
-    retriever = Retriever(settings)
-    index_version = retriever.index_version()
+    index_version = None
+    if Manifest.path_for(settings.manifest_dir, settings.collection).is_file():
+        index_version = Manifest.load(settings.manifest_dir, settings.collection).index_version
     if index_version is None:
         raise InvalidInputError(
             f"collection {settings.collection!r} has no documents yet", hint="run `rag ingest PATH` first"
         )
-    chunks = list(retriever.store.iter_chunks())
+    chunks = list(VectorStore(settings).iter_chunks())
     say = (lambda _: None) if as_json else typer.echo
     testset = QuestionSetGenerator(
-        settings, config, make_backend(settings), retriever.embedder, progress=progress and not as_json, say=say
+        settings, config, make_backend(settings), Embedder(settings), progress=progress and not as_json, say=say
     )
     result = testset.run(chunks, collection=settings.collection, index_version=index_version)
     summary_path = write_testset(result, output)

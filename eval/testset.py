@@ -373,7 +373,6 @@ class QuestionSetGenerator:
                 verdict, question, answer = "model_error", "", str(exc)[:200]
             if verdict == "ok":
                 accepted.append((chunk, question, answer))
-                vectors.append(self.embedder.embed([question])[0])
                 bar.update(1)
             else:
                 rejected[verdict] += 1
@@ -394,7 +393,8 @@ class QuestionSetGenerator:
         )  # fmt: skip
 
     def _try(self, chunk: StoredChunk, vectors: list[np.ndarray]) -> tuple[str, str, str]:
-        """(verdict, question, answer): ``ok`` or the first check that failed."""
+        """(verdict, question, answer): ``ok`` (its embedding then joins ``vectors``) or the first check that
+        failed."""
         config = self.config
         parsed = parse_qa(self.model.ask(write_messages(chunk), QA_SCHEMA))
         if parsed is None:
@@ -413,27 +413,28 @@ class QuestionSetGenerator:
             return "answer_in_question", question, answer
         if longest_copied_run(question, chunk.text) > config.max_copied_words:
             return "copies_chunk", question, answer
-        if vectors:
-            vector = self.embedder.embed([question])[0]
-            if float(np.max(np.stack(vectors) @ vector)) >= config.duplicate_cosine:
-                return "duplicate", question, answer
+        final = question if question.endswith("?") else question + "?"
+        vector = self.embedder.embed([final])[0]
+        if vectors and float(np.max(np.stack(vectors) @ vector)) >= config.duplicate_cosine:
+            return "duplicate", question, answer
         reply = self.model.ask(check_messages(chunk, question))
         if not check_answer_matches(reply, answer):
             return "not_answerable", question, answer
-        return "ok", question if question.endswith("?") else question + "?", answer
+        vectors.append(vector)
+        return "ok", final, answer
 
     def _records(
         self, accepted: list[tuple[StoredChunk, str, str]], chunks: Sequence[StoredChunk], index_version: str | None
     ) -> tuple[list[dict[str, Any]], int]:
         """JSONL records; a seeded share of those whose answer no other document holds become near-misses."""
         wanted = round(len(accepted) * self.config.near_miss_share)
-        texts_by_doc: dict[str, list[str]] = defaultdict(list)
+        normalised_by_doc: dict[str, list[str]] = defaultdict(list)  # each chunk normalised once, not per answer
         for chunk in chunks:
-            texts_by_doc[str(chunk.metadata.get("doc_id"))].append(chunk.text)
+            normalised_by_doc[str(chunk.metadata.get("doc_id"))].append(normalised(chunk.text))
 
         def unique(item: tuple[StoredChunk, str, str]) -> bool:
-            doc = str(item[0].metadata.get("doc_id"))
-            return not any(contains(t, item[2]) for d, texts in texts_by_doc.items() if d != doc for t in texts)
+            doc, needle = str(item[0].metadata.get("doc_id")), normalised(item[2])
+            return not any(needle in t for d, texts in normalised_by_doc.items() if d != doc for t in texts)
 
         eligible = [i for i, item in enumerate(accepted) if unique(item)]
         near = set(random.Random(f"{self.config.seed}:near-miss").sample(eligible, min(wanted, len(eligible))))
