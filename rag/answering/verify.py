@@ -523,8 +523,7 @@ class AnswerVerifier:
                 if moved:  # the claim is in exactly one other shown source: cite that one instead
                     check.dropped, check.cited, check.repaired = check.cited, [], moved
                     self._support(check, sources)
-        self._score_pairs(checks)
-        relevance = self._question_relevance(question, checks)
+        relevance = self._score_pairs(checks, question)
         self._logprobs(checks, generated)
         for check in checks:
             threshold = self.min_cross_encoder
@@ -608,26 +607,23 @@ class AnswerVerifier:
         if check.overlap < self.min_overlap:
             check.failures.append("low_overlap")
 
-    def _score_pairs(self, checks: Sequence[SentenceCheck]) -> None:
-        """One batched cross-encoder call: (answer sentence, quote) for every citation; a sentence keeps its best."""
+    def _score_pairs(self, checks: Sequence[SentenceCheck], question: str | None) -> float | None:
+        """One batched cross-encoder call: (answer sentence, quote) for every citation, a sentence keeping its best,
+        plus (question, the answer's claims without citation marks), whose logit is returned (``ce_question``)."""
         if self.encoder is None:
-            return
+            return None
         pairs = [
             (k, _CITATION_MARK.sub("", c.text).strip(), q.text) for k, c in enumerate(checks) for q in c.quotes.values()
         ]
-        if not pairs:
-            return
-        logits = self.encoder.score([(a, b) for _, a, b in pairs])
-        for (k, _, _), logit in zip(pairs, logits, strict=True):
+        claims = " ".join(_CITATION_MARK.sub("", c.text).strip() for c in checks if c.needs_citation)
+        asked = [(question, claims)] if question and claims else []
+        if not pairs and not asked:
+            return None
+        logits = self.encoder.score([(a, b) for _, a, b in pairs] + asked)
+        for (k, _, _), logit in zip(pairs, logits, strict=False):
             current = checks[k].cross_encoder
             checks[k].cross_encoder = float(logit) if current is None else max(current, float(logit))
-
-    def _question_relevance(self, question: str | None, checks: Sequence[SentenceCheck]) -> float | None:
-        """The cross-encoder's logit for (question, the answer's claims without citation marks)."""
-        claims = " ".join(_CITATION_MARK.sub("", c.text).strip() for c in checks if c.needs_citation)
-        if self.encoder is None or not question or not claims:
-            return None
-        return round(float(self.encoder.score([(question, claims)])[0]), 6)
+        return round(float(logits[-1]), 6) if asked else None
 
     @staticmethod
     def _logprobs(checks: Sequence[SentenceCheck], generated: GeneratedAnswer) -> None:
