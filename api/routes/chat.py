@@ -169,9 +169,7 @@ class SessionStore:
             row = db.execute("SELECT collection, owner FROM sessions WHERE session = ?", (session,)).fetchone()
             if row is None:
                 return []
-            if (row[1] or ANONYMOUS) != owner:
-                raise ApiError(403, "forbidden", f"session {session!r} was started by another caller (API key);"
-                               " continue it with that key, or omit session_id to start a new one")  # fmt: skip
+            _check_owner(session, row[1], owner)
             if row[0] != collection:
                 raise ApiError(422, "invalid_input", f"session {session!r} belongs to another collection")
             rows = db.execute(
@@ -188,9 +186,9 @@ class SessionStore:
                 " ON CONFLICT(session) DO UPDATE SET touched = excluded.touched",
                 (session, collection, now, owner),
             )
-            stored = db.execute("SELECT owner FROM sessions WHERE session = ?", (session,)).fetchone()[0]
-            if (stored or ANONYMOUS) != owner:  # another caller created this id meanwhile: rolled back, unwritten
-                raise ApiError(403, "forbidden", f"session {session!r} was started by another caller (API key)")
+            # another caller may have created this id meanwhile: then the insert is rolled back, nothing written
+            _check_owner(session, db.execute("SELECT owner FROM sessions WHERE session = ?", (session,)).fetchone()[0],
+                         owner)  # fmt: skip
             last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM turns WHERE session = ?", (session,)).fetchone()[0]
             db.executemany(
                 "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?)",
@@ -213,6 +211,13 @@ class SessionStore:
         cutoff = time.time() - self.ttl_s
         db.execute("DELETE FROM sessions WHERE touched < ?", (cutoff,))
         db.execute("DELETE FROM turns WHERE session NOT IN (SELECT session FROM sessions)")
+
+
+def _check_owner(session: str, stored: str | None, owner: str) -> None:
+    """403 unless ``owner`` started the session (a store from before owners counts as ``anonymous``)."""
+    if (stored or ANONYMOUS) != owner:
+        raise ApiError(403, "forbidden", f"session {session!r} was started by another caller (API key); continue "
+                       "it with that key, or omit session_id to start a new one")  # fmt: skip
 
 
 # --- HTTP
