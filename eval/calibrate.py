@@ -103,10 +103,23 @@ class FitConfig:
     delta: float = 0.1  # the threshold's guarantee holds with probability >= 1 - delta
     bins: int = 10
     kinds: tuple[str, ...] = ("logistic", "logistic+isotonic")
+    feature_sets: tuple[str, ...] = ("all", "compact")  # chosen with the kind and L2 by CV on the fit split
     policy: str = "abstain"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"shares": dict(self.shares), "kinds": list(self.kinds), "l2_grid": list(self.l2_grid)}
+        return asdict(self) | {"shares": dict(self.shares), "kinds": list(self.kinds), "l2_grid": list(self.l2_grid),
+                               "feature_sets": {name: FEATURE_SETS[name] for name in self.feature_sets}}
+
+
+# A few signals chosen beforehand for what they mean (question form, relevance, support), so that a fit split of a
+# few dozen answers can weigh them without the shrinkage 25 features need; ``all`` is every feature seen.
+FEATURE_SETS: dict[str, list[str] | None] = {
+    "all": None,
+    "compact": [
+        "question.yes_no", "question.statement", "retrieval.top_rerank", "verify.ce_question", "verify.min_overlap",
+        "verify.subject_found", "generation.answer_words",
+    ],
+}
 
 
 def assign_splits(questions: list[Any], config: FitConfig) -> dict[str, str]:
@@ -120,13 +133,13 @@ def assign_splits(questions: list[Any], config: FitConfig) -> dict[str, str]:
     return {q.uid: name for q, name in zip(questions, names, strict=True)}
 
 
-def feature_specs(rows: list[dict[str, float]]) -> list[dict[str, Any]]:
-    """Features seen on the fit split, sorted; constant ones dropped. A feature missing on some rows gets the fit
-    split's median as its default and a ``missing:`` indicator."""
+def feature_specs(rows: list[dict[str, float]], only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Features seen on the fit split (``only`` those, if given), sorted; constant ones dropped. A feature missing
+    on some rows gets the fit split's median as its default and a ``missing:`` indicator."""
     from rag.answering.calibration import MISSING_PREFIX
 
     specs: list[dict[str, Any]] = []
-    for name in sorted({k for row in rows for k in row}):
+    for name in sorted({k for row in rows for k in row if only is None or k in only}):
         values = np.array([row[name] for row in rows if name in row], dtype=float)
         if len(values) and np.ptp(values) > 0:
             specs.append({"name": name, "default": float(np.median(values))})
@@ -140,9 +153,14 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
     from eval.calibration_fit import cross_validate, fit_model, select_threshold
     from rag.answering.calibration import ARTIFACT_FORMAT, NEVER_ANSWER, TARGET_GRID, ConfidenceModel, feature_value
 
-    specs = feature_specs([o.features for o in fit])
-    rows = [[feature_value(o.features, s) for s in specs] for o in fit]
-    x = np.array(rows, dtype=float).reshape(len(fit), len(specs))
+    def design(only: list[str] | None) -> tuple[list[dict[str, Any]], np.ndarray]:
+        specs = feature_specs([o.features for o in fit], only)
+        rows = [[feature_value(o.features, s) for s in specs] for o in fit]
+        return specs, np.array(rows, dtype=float).reshape(len(fit), len(specs))
+
+    designs = {name: design(FEATURE_SETS[name]) for name in config.feature_sets}
+    feature_set = config.feature_sets[0]
+    specs, x = designs[feature_set]
     y = np.array([o.correct for o in fit], dtype=float)
     l2: float | None = None
     if len(set(y)) < 2:  # no answers or one class: a constant model at the Laplace-smoothed rate, said so
@@ -154,9 +172,12 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
                                   "scale": np.ones(len(specs)), "coef": np.zeros(len(specs)),
                                   "intercept": float(np.log(rate / (1 - rate))), "isotonic": None}
     else:
-        grid = [(kind, l2) for kind in config.kinds for l2 in config.l2_grid]
-        cv = {f"{kind}@l2={l2:g}": cross_validate(x, y, kind, l2=l2, seed=config.seed) for kind, l2 in grid}
-        kind, l2 = min(grid, key=lambda c: (round(cv[f"{c[0]}@l2={c[1]:g}"]["brier"], 12), grid.index(c)))
+        grid = [(f, kind, l2) for f in config.feature_sets for kind in config.kinds for l2 in config.l2_grid]
+        cv = {f"{f}:{kind}@l2={l2:g}": cross_validate(designs[f][1], y, kind, l2=l2, seed=config.seed)
+              for f, kind, l2 in grid}
+        feature_set, kind, l2 = min(grid, key=lambda c: (round(cv[f"{c[0]}:{c[1]}@l2={c[2]:g}"]["brier"], 12),
+                                                         grid.index(c)))
+        specs, x = designs[feature_set]
         params = fit_model(x, y, kind, l2=l2, seed=config.seed)
     for spec, mean, scale, coef in zip(specs, params["mean"], params["scale"], params["coef"], strict=True):
         spec.update({"mean": float(mean), "scale": float(scale), "coef": float(coef)})
@@ -170,7 +191,8 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
     for target in TARGET_GRID:
         chosen = select_threshold(p_cal, wrong, target, config.delta, NEVER_ANSWER)
         artifact["thresholds"].append({"target_error_rate": target} | chosen)
-    return artifact, {"cv": cv, "chosen_kind": kind, "chosen_l2": l2, "n_fit": len(fit), "n_calibration": len(cal)}
+    return artifact, {"cv": cv, "chosen_kind": kind, "chosen_l2": l2, "chosen_feature_set": feature_set,
+                      "n_fit": len(fit), "n_calibration": len(cal)}
 
 
 # ------------------------------------------------------------------------------------------------ evaluate

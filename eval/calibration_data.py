@@ -167,6 +167,8 @@ def build_plans(paths: Iterable[Path], options: BuildOptions, work_dir: Path) ->
             plan = CollectionPlan(_collection_name(dataset, dataset.sha256), list(dataset.corpus))
             for s in samples:
                 kind = "answerable" if s.answerable else s.tags.get("unanswerable_kind", "unanswerable")
+                if s.hidden_doc_ids and not s.answerable:  # a generated near-miss: its source is filtered out
+                    kind = "near_miss"
                 plan.questions.append(CalibrationQuestion(
                     uid=f"{dataset.name}:all:{s.id}", dataset=dataset.name, sample=s, answerable=bool(s.answerable),
                     kind=kind, collection=plan.name,
@@ -214,14 +216,20 @@ def pipeline_key_config(pipeline_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in pipeline_config.items() if k not in {"confidence", "calibration", "verification"}}
 
 
-def cache_key(question: str, index_version: str | None, pipeline_config: dict[str, Any]) -> str:
-    return sha256_json({
+def cache_key(
+    question: str, index_version: str | None, pipeline_config: dict[str, Any], hidden_doc_ids: list[str] | None = None
+) -> str:
+    key = {
         "format": CACHE_FORMAT,
         "question": question,
         "index_version": index_version,
         "pipeline": pipeline_key_config(pipeline_config),
         "prompt": PROMPT_VERSION,
-    })[:24]
+    }
+    if hidden_doc_ids:  # only then, so the keys of everything cached before stay valid
+        key["hidden_doc_ids"] = sorted(hidden_doc_ids)
+    return sha256_json(key)[:24]
+
 
 
 def _plain(value: Any) -> Any:
@@ -312,7 +320,7 @@ class Collector:
         for number, question in enumerate(todo, start=1):
             pipeline = self.pipeline(by_name[question.collection])
             index_version = pipeline.retriever.index_version()
-            key = cache_key(question.sample.question, index_version, pipeline.to_dict())
+            key = cache_key(question.sample.question, index_version, pipeline.to_dict(), question.sample.hidden_doc_ids)
             path = self.cache_dir / f"{key}.json"
             if path.is_file():
                 record = json.loads(path.read_text(encoding="utf-8"))
@@ -324,7 +332,8 @@ class Collector:
             else:
                 tick = time.perf_counter()
                 try:
-                    result = pipeline.run(question.sample.question, request_id=f"calibrate-{question.uid}")
+                    result = pipeline.run(question.sample.question, filters=question.sample.hidden_filter,
+                                          request_id=f"calibrate-{question.uid}")
                 except RagError as exc:  # a rejected question is an abstention, not a crash
                     self.log(f"[{number}/{len(todo)}] {question.uid}: rejected ({exc.code}: {exc})")
                     continue

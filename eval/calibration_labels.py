@@ -113,11 +113,10 @@ def replay(question: CalibrationQuestion, record: dict[str, Any], verifier: Answ
     retrieval = restore_retrieval(record)
     generated = restore_generated(record)
     reason = record["response"].get("abstain_reason")
+    features = signal_features(record["question"], retrieval, generated)
     if generated is None or reason in PRE_VERIFICATION_REASONS or generated.model_said_unknown:
-        features = signal_features(retrieval, generated)
         return Outcome(question.uid, False, reason or "model_unknown", "", [], False, features)
-    report = verifier.run(generated, {c.chunk_id: c.text for c in retrieval.chunks}, record["question"])
-    features = signal_features(retrieval, generated)
+    report = verifier.check_retrieved(generated, retrieval.chunks, record["question"])
     features.update({f"verify.{k}": float(v) for k, v in report.features.items()})
     if report.final_text is None:
         return Outcome(question.uid, False, report.abstain_reason, "", [], False, features)

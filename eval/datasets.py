@@ -86,6 +86,11 @@ class EvalSample(BaseModel):
     def relevant_doc_ids(self) -> set[str]:
         return {doc_id for doc_id, grade in self.relevance.items() if grade > 0}
 
+    @property
+    def hidden_filter(self) -> dict[str, Any] | None:
+        """The retrieval filter that keeps ``hidden_doc_ids`` out (``rag eval`` and ``rag calibrate`` alike)."""
+        return {"doc_id": {"$nin": list(self.hidden_doc_ids)}} if self.hidden_doc_ids else None
+
 
 class Dataset(BaseModel):
     """Samples plus what the run needs to know about them."""

@@ -390,7 +390,7 @@ class EvalRunner:
             try:
                 # the API's validation first: a question it rejects is never retrieved for
                 question = sanitize_question(sample.question, pipeline.settings.max_question_chars)
-                hidden = {"doc_id": {"$nin": sample.hidden_doc_ids}} if sample.hidden_doc_ids else None
+                hidden = sample.hidden_filter
                 if sample.history:
                     question = self._standalone(pipeline, sample, question, row)
                 for mode in modes:

@@ -243,6 +243,11 @@ class Settings(BaseSettings):
     verify_min_cross_encoder: float | None = Field(
         None, description="If set, a sentence whose cross-encoder logit against its quote is lower fails verification."
     )
+    verify_question_subject: bool = Field(
+        True,
+        description="An answer abstains (unsupported) when the question names someone or something and none of "
+        "the sources it cites mentions any of those names.",
+    )
 
     # --- calibrated confidence (rag/answering/calibration.py; fitted by `rag calibrate`, docs/EVALUATION.md)
     calibration_path: Path | None = Field(

@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -52,7 +53,18 @@ SIGNAL_DEFAULTS: dict[str, float] = {
     "generation.cited": 0.0,  # the answer carries at least one valid [n]
     "generation.invalid_citations": 0.0,  # [n] that point at no shown source
     "generation.answer_words": 0.0,  # log1p of the answer's word count
+    "question.yes_no": 0.0,  # a yes/no question ("Does X cause Y?"): the answer is a decision no verifier reads
+    "question.statement": 0.0,  # not a question at all (a claim, a keyword list)
 }
+
+# Openers of a question that is answered by yes or no; with " or " it offers options instead ("Is it A or B?").
+YES_NO_OPENERS = frozenset({
+    "is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "should", "would", "will", "shall",
+    "may", "might", "must", "has", "have", "had",
+})
+WH_OPENERS = frozenset({
+    "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "name", "list", "describe", "explain",
+})
 
 
 @functools.cache
@@ -65,10 +77,22 @@ def _warn_uncertified(version: str, target: float, certified: tuple[float, ...],
     )
 
 
-def signal_features(retrieval: Any, generated: Any) -> dict[str, float]:
-    """The retrieval and generation features of one result (``RetrievalResult``, ``GeneratedAnswer | None``)."""
+def question_form(question: str) -> dict[str, float]:
+    """Whether the question asks for a decision (yes/no) or is no question at all: both kinds of answer were wrong
+    far more often than a fact with a citation (docs/EVALUATION.md), and neither shows in the other signals."""
+    words = re.findall(r"[a-z]+", question.lower())
+    first = words[0] if words else ""
+    yes_no = first in YES_NO_OPENERS and " or " not in f" {question.lower()} "
+    asks = question.rstrip().endswith("?") or first in YES_NO_OPENERS or first in WH_OPENERS
+    return {"question.yes_no": float(yes_no), "question.statement": float(not asks)}
+
+
+def signal_features(question: str, retrieval: Any, generated: Any) -> dict[str, float]:
+    """The question-form, retrieval and generation features of one result (``RetrievalResult``,
+    ``GeneratedAnswer | None``)."""
     chunks = list(getattr(retrieval, "chunks", []) or [])
     features = dict(SIGNAL_DEFAULTS)
+    features.update(question_form(question))
     if chunks:
         features["retrieval.top_dense"] = float(max(c.dense_score for c in chunks))
         bm25 = [c.bm25_score for c in chunks if c.bm25_score is not None]

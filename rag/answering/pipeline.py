@@ -280,7 +280,7 @@ class QueryPipeline:
         verification: VerificationReport | None = None
         if reason_or_none is None:
             tick = time.perf_counter()
-            verification = self.verifier.run(generated, {c.chunk_id: c.text for c in retrieval.chunks}, question)
+            verification = self.verifier.check_retrieved(generated, retrieval.chunks, question)
             timings["verification"] = (time.perf_counter() - tick) * 1000
             reason_or_none = verification.abstain_reason
         yield self._result(
@@ -288,10 +288,14 @@ class QueryPipeline:
         )
 
     def features(
-        self, retrieval: RetrievalResult, generated: GeneratedAnswer | None, verification: VerificationReport | None
+        self,
+        question: str,
+        retrieval: RetrievalResult,
+        generated: GeneratedAnswer | None,
+        verification: VerificationReport | None,
     ) -> dict[str, float]:
-        """What the confidence model reads: retrieval and generation signals plus ``verify.*`` features."""
-        features = signal_features(retrieval, generated)
+        """What the confidence model reads: question-form, retrieval and generation signals plus ``verify.*``."""
+        features = signal_features(question, retrieval, generated)
         if verification is not None:
             features.update({f"verify.{k}": v for k, v in verification.features.items()})
         return features
@@ -335,7 +339,7 @@ class QueryPipeline:
         started: float,
         verification: VerificationReport | None = None,
     ) -> ResultEvent:
-        features = self.features(retrieval, generated, verification)
+        features = self.features(question, retrieval, generated, verification)
         answer: str | None = None
         citations: list[Citation] = []
         confidence = 0.0

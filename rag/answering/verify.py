@@ -23,7 +23,12 @@ the prompt's gap marker "…": a model copying it glues pieces of different pass
    ignored).
 4. **Overlap**: the share of the sentence's content words (``sentences.terms``) found in the cited text must be at
    least ``verify_min_overlap``.
-5. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
+5. **The question's subject** (answer-level): when the question names someone or something (capitalised names as
+   in 3, acronyms left out, since sources often spell them out), at least one of those names must occur in the
+   sources the answer cites (text, title or section path). An answer whose sources never mention what was asked
+   about is a fact about something else ("AD 79" for "When did Mount Fuji last erupt?", from a passage on
+   Vesuvius), so the whole answer is ``unsupported`` (``verify_question_subject``).
+6. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
    quote), the mean/min token log-probability of the sentence's span, and, per answer, the cross-encoder logit of
    (question, the answer's claims) (``ce_question``: a supported copy of a passage that does not answer the
    question scores low).
@@ -324,6 +329,7 @@ class VerificationReport:
     final_text: str | None
     quotes: dict[int, Quote]
     seconds: float
+    subject_missing: list[str] = field(default_factory=list)  # the question's names no cited source mentions
 
     @property
     def abstain_reason(self) -> Literal["uncited", "unsupported"] | None:
@@ -343,6 +349,7 @@ class VerificationReport:
             "features": dict(self.features),
             "sentences": [s.to_dict() for s in self.sentences],
             "quotes": {str(k): q.model_dump() for k, q in self.quotes.items()},
+            "subject_missing": list(self.subject_missing),
             "seconds": self.seconds,
         }
 
@@ -463,6 +470,7 @@ class AnswerVerifier:
         repair: bool = True,
         repair_min_overlap: float = 0.65,
         min_cross_encoder: float | None = None,
+        question_subject: bool = True,
         encoder: PairScorer | None = None,
     ) -> None:
         if policy not in ("abstain", "cut"):
@@ -472,6 +480,7 @@ class AnswerVerifier:
         self.repair = repair
         self.repair_min_overlap = repair_min_overlap
         self.min_cross_encoder = min_cross_encoder
+        self.question_subject = question_subject
         self.encoder = encoder
 
     @classmethod
@@ -483,6 +492,7 @@ class AnswerVerifier:
             repair=settings.verify_repair,
             repair_min_overlap=settings.verify_repair_min_overlap,
             min_cross_encoder=settings.verify_min_cross_encoder,
+            question_subject=settings.verify_question_subject,
             encoder=encoder if settings.verify_cross_encoder else None,
         )
 
@@ -493,20 +503,25 @@ class AnswerVerifier:
             "repair": self.repair,
             "repair_min_overlap": self.repair_min_overlap,
             "min_cross_encoder": self.min_cross_encoder,
+            "question_subject": self.question_subject,
             "cross_encoder": getattr(self.encoder, "to_dict", lambda: None)(),
         }
 
-    def verify(
-        self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str], question: str | None = None
-    ) -> VerificationReport:
-        """``chunk_texts``: chunk id -> full chunk text as stored (quotes are offsets into it)."""
-        return self.run(generated, chunk_texts, question)
+    def check_retrieved(self, generated: GeneratedAnswer, chunks: Sequence[Any], question: str) -> VerificationReport:
+        """``run`` on retrieved chunks (``RetrievedChunk``: text as stored, section path in ``metadata``)."""
+        texts = {c.chunk_id: c.text for c in chunks}
+        return self.run(generated, texts, question, {c.chunk_id: str(c.metadata.get("section") or "") for c in chunks})
 
     def run(
-        self, generated: GeneratedAnswer, chunk_texts: Mapping[str, str], question: str | None = None
+        self,
+        generated: GeneratedAnswer,
+        chunk_texts: Mapping[str, str],
+        question: str | None = None,
+        sections: Mapping[str, str] | None = None,
     ) -> VerificationReport:
         """``question``, when given, is scored against the answer (``ce_question``: does it answer THIS question,
-        or is it a supported copy of some other passage?)."""
+        or is it a supported copy of some other passage?) and its subject looked up in the cited sources, with
+        ``sections`` (chunk id -> section path) counting as where a chunk sits."""
         started = time.perf_counter()
         text = generated.text
         sources = {
@@ -530,6 +545,9 @@ class AnswerVerifier:
             if threshold is not None and check.cross_encoder is not None and check.cross_encoder < threshold:
                 check.failures.append("low_cross_encoder")
         verdict, final = self._decide(text, checks)
+        subject, missing = self._subject(question, checks, generated, sections or {}, sources)
+        if final is not None and subject and len(missing) == len(subject):
+            verdict, final = "unsupported", None
         quotes: dict[int, Quote] = {}
         kept = [c for c in checks if c.supported] if final is not None else []
         for check in kept:
@@ -538,6 +556,8 @@ class AnswerVerifier:
         features = answer_features(checks, generated, self.encoder is not None)
         if relevance is not None:
             features["ce_question"] = relevance
+        if subject:
+            features["subject_found"] = round(1.0 - len(missing) / len(subject), 6)
         return VerificationReport(
             sentences=checks,
             features=features,
@@ -546,7 +566,28 @@ class AnswerVerifier:
             final_text=final,
             quotes=quotes,
             seconds=time.perf_counter() - started,
+            subject_missing=missing if subject and len(missing) == len(subject) else [],
         )
+
+    def _subject(
+        self,
+        question: str | None,
+        checks: Sequence[SentenceCheck],
+        generated: GeneratedAnswer,
+        sections: Mapping[str, str],
+        sources: Mapping[int, _Source],
+    ) -> tuple[list[str], list[str]]:
+        """The question's names (acronyms left out) and those that none of the supported sentences' sources
+        mentions in its text, title or section path; both empty when the check is off or nothing is cited."""
+        if not self.question_subject or not question:
+            return [], []
+        subject = [e for e in entities(question) if not e.isupper()]
+        cited = {n for c in checks if c.supported for n in c.citations}
+        if not subject or not cited:
+            return [], []
+        chunk_of = {c.index: c.chunk_id for c in generated.contexts}
+        known = set().union(*(sources[n].words | words_of(sections.get(chunk_of[n], "")) for n in cited))
+        return subject, [e for e in subject if not entity_found(e, known)]
 
     @staticmethod
     def _check(sentence: str, start: int, end: int, sources: Mapping[int, _Source]) -> SentenceCheck:

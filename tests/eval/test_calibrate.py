@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eval.calibrate import FitConfig, assign_splits, fit_artifact
-from eval.calibration_data import CalibrationQuestion
+from eval.calibration_data import BuildOptions, CalibrationQuestion, Collector, build_plans
 from eval.calibration_fit import (
     brier,
     clopper_pearson,
@@ -128,8 +128,10 @@ def test_fit_is_reproducible_bit_for_bit_and_serves_the_same_probabilities() -> 
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
     names = [f["name"] for f in first["features"]]
     assert names == ["retrieval.top_dense", "verify.lp_mean", "missing:verify.lp_mean"]  # constant "cited" dropped
-    assert set(info["cv"]) == {f"{kind}@l2={l2}" for kind in ("logistic", "logistic+isotonic") for l2 in (1, 10, 100)}
+    assert set(info["cv"]) == {f"{features}:{kind}@l2={l2}" for features in ("all", "compact")
+                               for kind in ("logistic", "logistic+isotonic") for l2 in (1, 10, 100)}
     assert info["chosen_kind"] == first["kind"] and info["chosen_l2"] in (1.0, 10.0, 100.0)
+    assert info["chosen_feature_set"] == "all"  # the compact set holds none of these signals: intercept only
     model = ConfidenceModel.from_artifact(first)
     high = model.predict({"retrieval.top_dense": 0.9, "verify.lp_mean": 0.0})
     low = model.predict({"retrieval.top_dense": 0.2, "verify.lp_mean": -1.0})
@@ -137,6 +139,26 @@ def test_fit_is_reproducible_bit_for_bit_and_serves_the_same_probabilities() -> 
     thresholds = {t["target_error_rate"]: t for t in first["thresholds"]}
     assert thresholds[1.0]["threshold"] == 0.0
     assert thresholds[0.2]["threshold"] <= thresholds[0.1]["threshold"]
+
+
+def test_a_few_dozen_answers_are_fitted_on_the_compact_feature_set_when_noise_swamps_the_rest() -> None:
+    """Yes/no decisions right half the time, facts 19 times in 20, plus 20 features of noise: at 60 answers
+    cross-validation picks the compact set, and the served confidence tells the two kinds apart."""
+    rng = np.random.default_rng(3)
+
+    def answers(n: int) -> list[FakeOutcome]:
+        out = []
+        for i in range(n):
+            yes_no = float(i % 3 == 0)
+            row = {"question.yes_no": yes_no} | {f"verify.noise{k}": float(rng.normal()) for k in range(20)}
+            out.append(FakeOutcome(row, bool(rng.uniform() < (0.5 if yes_no else 0.95))))
+        return out
+
+    artifact, info = fit_artifact(answers(60), answers(200), FitConfig())
+    assert info["chosen_feature_set"] == "compact"
+    assert [f["name"] for f in artifact["features"]] == ["question.yes_no"]
+    model = ConfidenceModel.from_artifact(artifact)
+    assert model.predict({"question.yes_no": 1.0}) + 0.2 < model.predict({"question.yes_no": 0.0})
 
 
 def test_one_class_fit_gives_a_constant_smoothed_model() -> None:
@@ -256,3 +278,46 @@ def test_isotonic_prior_keeps_small_blocks_away_from_certainty() -> None:
     assert max(raw) == 1.0 and min(raw) == 0.0
     assert max(smoothed) == pytest.approx(5 / 6) and min(smoothed) > 0  # 4 right of 4: (4+1)/(4+2), not 1
     assert all(a <= b for a, b in pairwise(smoothed))  # still non-decreasing
+
+
+def test_a_generated_near_miss_is_asked_with_its_source_hidden_and_cached_apart(tmp_path: Path) -> None:
+    """A ``rag eval generate`` set calibrates like a human one: its near-miss keeps the topic in the collection
+    and hides the source document from retrieval, as ``rag eval`` does."""
+    from types import SimpleNamespace
+
+    from rag.answering.retrieval import RetrievalResult
+    from rag.settings import Settings
+
+    generated = tmp_path / "generated.jsonl"
+    rows = [
+        {"id": "g1", "question": "Where was Gutenberg born?", "reference": "Mainz", "reference_doc_ids": ["a.md"],
+         "answerable": True},
+        {"id": "g2", "question": "Where was Gutenberg buried?", "answerable": False, "hidden_doc_ids": ["a.md"]},
+    ]
+    generated.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("Gutenberg was born in Mainz.")
+    [plan] = build_plans([generated], BuildOptions(corpus=tmp_path / "docs"), tmp_path / "work")
+    assert {q.sample.id: q.kind for q in plan.questions} == {"g1": "answerable", "g2": "near_miss"}
+
+    asked: list[tuple[str, object]] = []
+
+    class Pipeline:
+        retriever = SimpleNamespace(index_version=lambda: "v1")
+
+        def to_dict(self) -> dict[str, object]:
+            return {"retrieval": {"collection": plan.name}}
+
+        def run(self, question: str, *, filters: object = None, request_id: str | None = None) -> object:
+            asked.append((question, filters))
+            response = SimpleNamespace(model_dump=lambda mode: {"abstained": True, "answer": "", "abstain_reason":
+                                                                "weak_retrieval"})
+            retrieval = RetrievalResult([], "hybrid", "v1", np.zeros(0, dtype=np.float32), 0.0)
+            return SimpleNamespace(question=question, response=response, retrieval=retrieval, generated=None)
+
+    collector = Collector(Settings(data_dir=tmp_path / "data"), tmp_path / "cache", lambda _: Pipeline(),
+                          log=lambda _: None)
+    assert len(collector.collect([plan])) == 2
+    assert dict(asked) == {"Where was Gutenberg born?": None,
+                           "Where was Gutenberg buried?": {"doc_id": {"$nin": ["a.md"]}}}
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2

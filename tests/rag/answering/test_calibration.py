@@ -17,6 +17,7 @@ from rag.answering.calibration import (
     ConfidenceModel,
     artifact_version,
     heuristic_confidence,
+    question_form,
     validate_artifact,
 )
 from rag.errors import ConfigError
@@ -156,3 +157,13 @@ def test_uncalibrated_model_keeps_the_old_heuristic_and_never_abstains(tmp_path:
     assert model.predict({"retrieval.top_dense": 0.6, "generation.cited": 0.0}) == round(
         expected * settings.uncited_factor, 4)
     assert "uncalibrated" in model.meaning(0.9)
+
+
+def test_question_form_tells_decisions_and_statements_from_fact_questions() -> None:
+    assert question_form("Does intraoperative monitoring improve outcome?") == {
+        "question.yes_no": 1.0, "question.statement": 0.0}
+    assert question_form("Is coral a plant, a rock or an animal?")["question.yes_no"] == 0.0  # options, not yes/no
+    assert question_form("Which king is the decree about?") == {"question.yes_no": 0.0, "question.statement": 0.0}
+    assert question_form("1/2000 in UK have abnormal PrP positivity.") == {
+        "question.yes_no": 0.0, "question.statement": 1.0}
+    assert question_form("Treatment as prevention: is it feasible?")["question.statement"] == 0.0

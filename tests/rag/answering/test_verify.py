@@ -32,6 +32,7 @@ CHUNKS = {
         "and in 1973 he shared the Nobel Prize. A strong colony holds 1,200,000 cells of comb, or 40% of its hive."
     ),
     "c-other": "Honey is stored in wax cells. Mainz lies on the Rhine. Gutenberg was born in Mainz.",
+    "c-bell": "Alexander Graham Bell was born in 1847 in Edinburgh. The stone weighs 760 kilograms.",
 }
 
 
@@ -234,3 +235,25 @@ def test_a_cited_sentence_that_makes_no_claim_still_gets_its_quote() -> None:
     assert set(report.quotes) == {1}
     quote = report.quotes[1]
     assert CHUNKS["c-print"][quote.start : quote.end] == quote.text
+
+
+def test_an_answer_whose_sources_never_name_what_the_question_asks_about_abstains() -> None:
+    """The near-miss failure: asked about Watson, the model copies Bell's birth year from the only passage shown.
+    Every word of the answer is in its source; the question's subject is not."""
+    answer = generated("1847 [1].", "c-bell")
+    report = AnswerVerifier().run(answer, dict(CHUNKS), "In what year was Thomas Watson born?")
+    assert report.final_text is None and report.abstain_reason == "unsupported"
+    assert report.subject_missing == ["Thomas Watson"] and report.features["subject_found"] == 0.0
+    assert AnswerVerifier(question_subject=False).run(answer, dict(CHUNKS), "In what year was Thomas Watson born?"
+                                                      ).final_text == "1847 [1]."
+    right = AnswerVerifier().run(answer, dict(CHUNKS), "In what year was Alexander Graham Bell born?")
+    assert right.final_text == "1847 [1]." and right.features["subject_found"] == 1.0
+    # where the chunk sits counts: its section path names the subject the text only calls "the stone"
+    weight = generated("760 kilograms [1].", "c-bell")
+    asked = "How much does the Rosetta Stone weigh?"
+    assert AnswerVerifier().run(weight, dict(CHUNKS), asked).final_text is None
+    placed = AnswerVerifier().run(weight, dict(CHUNKS), asked, {"c-bell": "British Museum › Rosetta Stone"})
+    assert placed.final_text == "760 kilograms [1]." and placed.subject_missing == []
+    # acronyms are left out (sources spell them out), and a question naming nothing is not checked
+    assert AnswerVerifier().run(weight, dict(CHUNKS), "How heavy is the stone in the UK?").final_text is not None
+    assert "subject_found" not in AnswerVerifier().run(weight, dict(CHUNKS), "How heavy is the stone?").features
