@@ -103,7 +103,8 @@ class FitConfig:
     delta: float = 0.1  # the threshold's guarantee holds with probability >= 1 - delta
     bins: int = 10
     kinds: tuple[str, ...] = ("logistic", "logistic+isotonic")
-    feature_sets: tuple[str, ...] = ("all", "compact")  # chosen with the kind and L2 by CV on the fit split
+    # chosen with the kind and L2 by CV on the fit split (one-standard-error rule); listed from the simplest
+    feature_sets: tuple[str, ...] = ("none", "compact", "all")
     policy: str = "abstain"
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,10 +115,11 @@ class FitConfig:
 # A few signals chosen beforehand for what they mean (question form, relevance, support), so that a fit split of a
 # few dozen answers can weigh them without the shrinkage 25 features need; ``all`` is every feature seen.
 FEATURE_SETS: dict[str, list[str] | None] = {
+    "none": [],  # the answered questions' rate: a constant, the baseline every richer model must beat
     "all": None,
     "compact": [
-        "question.yes_no", "question.statement", "retrieval.top_rerank", "verify.ce_question", "verify.min_overlap",
-        "verify.subject_found", "generation.answer_words",
+        "question.yes_no", "question.statement", "generation.decision", "retrieval.top_rerank", "verify.ce_question",
+        "verify.min_overlap", "verify.subject_found", "generation.answer_words",
     ],
 }
 
@@ -172,11 +174,18 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
                                   "scale": np.ones(len(specs)), "coef": np.zeros(len(specs)),
                                   "intercept": float(np.log(rate / (1 - rate))), "isotonic": None}
     else:
-        grid = [(f, kind, l2) for f in config.feature_sets for kind in config.kinds for l2 in config.l2_grid]
+        # from the simplest: fewer features, plain logistic, the strongest L2 (a constant needs neither)
+        grid: list[tuple[str, str, float]] = []
+        for f in config.feature_sets:
+            if FEATURE_SETS[f] == []:
+                grid.append((f, config.kinds[0], max(config.l2_grid)))
+            else:
+                grid += [(f, kind, l2) for kind in config.kinds for l2 in sorted(config.l2_grid, reverse=True)]
         cv = {f"{f}:{kind}@l2={l2:g}": cross_validate(designs[f][1], y, kind, l2=l2, seed=config.seed)
               for f, kind, l2 in grid}
-        feature_set, kind, l2 = min(grid, key=lambda c: (round(cv[f"{c[0]}:{c[1]}@l2={c[2]:g}"]["brier"], 12),
-                                                         grid.index(c)))
+        best = min(cv.values(), key=lambda r: r["brier"])
+        feature_set, kind, l2 = next(c for c in grid if cv[f"{c[0]}:{c[1]}@l2={c[2]:g}"]["brier"]
+                                     <= best["brier"] + best["brier_se"] + 1e-12)
         specs, x = designs[feature_set]
         params = fit_model(x, y, kind, l2=l2, seed=config.seed)
     for spec, mean, scale, coef in zip(specs, params["mean"], params["scale"], params["coef"], strict=True):

@@ -53,7 +53,8 @@ def calibrate_command(
         experiment=experiment,
         log_to_mlflow=mlflow,
     )
-    run = run_calibration(settings, options, echo=(lambda _line: None) if as_json else typer.echo)
+    # with --json, stdout holds only the JSON: progress goes to stderr (a collection runs for tens of minutes)
+    run = run_calibration(settings, options, echo=lambda line: typer.echo(line, err=as_json))
     if run is None:
         if as_json:
             emit_json({"collected": True})

@@ -4,7 +4,10 @@ deterministic, so the same inputs give a bit-identical artifact.
 - Model: L2-regularised logistic regression on standardised features, fitted by Newton's method (IRLS); optionally
   followed by isotonic regression (pool-adjacent-violators) of the outcome on the logistic output, fitted on
   out-of-fold logistic outputs, each block's value smoothed by a Beta(1, 1) prior (no block says 0 or 1). The
-  kind and the L2 strength (1, 10, 100) are chosen by 5-fold cross-validated Brier score on the fit split only.
+  kind, the L2 strength (1, 10, 100) and the feature set (none, compact, all) are chosen by 5-fold cross-validated
+  Brier score on the fit split only, with the one-standard-error rule (Hastie, Tibshirani, Friedman, The Elements
+  of Statistical Learning, 2nd ed., section 7.10): the simplest candidate within one standard error of the best,
+  because a fit split of a few dozen answers cannot tell close candidates apart and the richer one then overfits.
 - Threshold: Learn-then-Test (Angelopoulos, Bates, Candès, Jordan, Lei 2021) with fixed-sequence testing. For each
   candidate threshold, from high to low, H0 "error rate among answered > target" is tested with the exact binomial
   test (p = P[Bin(n, target) <= errors], the Clopper-Pearson bound); the sequence stops at the first threshold not
@@ -161,14 +164,16 @@ def predict_params(params: dict[str, Any], x: np.ndarray) -> np.ndarray:
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, kind: str, *, l2: float, seed: int, k: int = 5) -> dict[str, float]:
-    """Out-of-fold Brier and ECE of one model kind on the fit split."""
+    """Out-of-fold Brier (with its standard error over the answers) and ECE of one model kind on the fit split."""
     folds = stratified_folds(y, k, seed)
     oof = np.full(len(y), float(y.mean()))
     for f in range(k):
         train, held = folds != f, folds == f
         if held.any() and len(set(y[train])) == 2:
             oof[held] = predict_params(fit_model(x[train], y[train], kind, l2=l2, seed=seed), x[held])
-    return {"brier": brier(oof, y), "ece": ece(oof, y)}
+    squared = (oof - y) ** 2
+    se = float(np.std(squared, ddof=1) / math.sqrt(len(y))) if len(y) > 1 else 0.0
+    return {"brier": brier(oof, y), "brier_se": se, "ece": ece(oof, y)}
 
 
 # ------------------------------------------------------------------------------------------------ metrics

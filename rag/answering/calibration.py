@@ -53,6 +53,7 @@ SIGNAL_DEFAULTS: dict[str, float] = {
     "generation.cited": 0.0,  # the answer carries at least one valid [n]
     "generation.invalid_citations": 0.0,  # [n] that point at no shown source
     "generation.answer_words": 0.0,  # log1p of the answer's word count
+    "generation.decision": 0.0,  # the answer opens with yes, no or maybe: a decision, which no verifier checks
     "question.yes_no": 0.0,  # a yes/no question ("Does X cause Y?"): the answer is a decision no verifier reads
     "question.statement": 0.0,  # not a question at all (a claim, a keyword list)
 }
@@ -62,6 +63,7 @@ YES_NO_OPENERS = frozenset({
     "is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "should", "would", "will", "shall",
     "may", "might", "must", "has", "have", "had",
 })
+DECISION_OPENING = re.compile(r"\W*(?:yes|no|maybe)\b", re.IGNORECASE)
 WH_OPENERS = frozenset({
     "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "name", "list", "describe", "explain",
 })
@@ -108,6 +110,7 @@ def signal_features(question: str, retrieval: Any, generated: Any) -> dict[str, 
         features["generation.cited"] = float(bool(generated.cited))
         features["generation.invalid_citations"] = float(len(generated.invalid_citations))
         features["generation.answer_words"] = math.log1p(len(str(generated.text).split()))
+        features["generation.decision"] = float(bool(DECISION_OPENING.match(str(generated.text))))
     return features
 
 

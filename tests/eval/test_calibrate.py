@@ -128,10 +128,13 @@ def test_fit_is_reproducible_bit_for_bit_and_serves_the_same_probabilities() -> 
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
     names = [f["name"] for f in first["features"]]
     assert names == ["retrieval.top_dense", "verify.lp_mean", "missing:verify.lp_mean"]  # constant "cited" dropped
-    assert set(info["cv"]) == {f"{features}:{kind}@l2={l2}" for features in ("all", "compact")
-                               for kind in ("logistic", "logistic+isotonic") for l2 in (1, 10, 100)}
+    assert set(info["cv"]) == {"none:logistic@l2=100"} | {
+        f"{features}:{kind}@l2={l2}" for features in ("all", "compact")
+        for kind in ("logistic", "logistic+isotonic") for l2 in (1, 10, 100)}
     assert info["chosen_kind"] == first["kind"] and info["chosen_l2"] in (1.0, 10.0, 100.0)
-    assert info["chosen_feature_set"] == "all"  # the compact set holds none of these signals: intercept only
+    # the compact set holds none of these signals (it is the constant, as "none" is): the rich model must win
+    assert info["chosen_feature_set"] == "all"
+    assert info["cv"]["none:logistic@l2=100"]["brier"] > info["cv"]["all:logistic@l2=1"]["brier"]
     model = ConfidenceModel.from_artifact(first)
     high = model.predict({"retrieval.top_dense": 0.9, "verify.lp_mean": 0.0})
     low = model.predict({"retrieval.top_dense": 0.2, "verify.lp_mean": -1.0})
@@ -143,7 +146,8 @@ def test_fit_is_reproducible_bit_for_bit_and_serves_the_same_probabilities() -> 
 
 def test_a_few_dozen_answers_are_fitted_on_the_compact_feature_set_when_noise_swamps_the_rest() -> None:
     """Yes/no decisions right half the time, facts 19 times in 20, plus 20 features of noise: at 60 answers
-    cross-validation picks the compact set, and the served confidence tells the two kinds apart."""
+    cross-validation with the one-standard-error rule picks the compact set (not the constant, not all 21
+    features), and the served confidence tells the two kinds apart."""
     rng = np.random.default_rng(3)
 
     def answers(n: int) -> list[FakeOutcome]:
@@ -253,6 +257,7 @@ def test_rag_calibrate_end_to_end_with_smollm(tiny_pubmedqa: Path, tmp_path: Pat
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=2400, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     result = json.loads(first.stdout)
+    assert "collected 6 questions" in first.stderr  # 3 + 3; progress reaches stderr while stdout holds the JSON alone
     artifact_path = Path(result["artifact"])
     assert artifact_path.name == f"{result['version']}.json"
     model = ConfidenceModel.load(artifact_path)
