@@ -245,8 +245,8 @@ class Settings(BaseSettings):
     )
     verify_question_subject: bool = Field(
         True,
-        description="An answer abstains (unsupported) when the question names someone or something and none of "
-        "the sources it cites mentions any of those names.",
+        description="An answer abstains (`unsupported`) when the question names someone or something and none of "
+        "the sources it cites mentions any of those names (text, title or section path; acronyms left out).",
     )
 
     # --- calibrated confidence (rag/answering/calibration.py; fitted by `rag calibrate`, docs/EVALUATION.md)
