@@ -163,6 +163,18 @@ def test_dishonest_answers_abstain_with_the_reason(
     assert result.features["verify.frac_supported"] < 1.0
 
 
+def test_a_true_fact_about_someone_else_abstains_as_unsupported(ask: Callable[..., PipelineResult]) -> None:
+    """The near-miss failure end to end: every word of the answer is in its source, but the source never names
+    the person asked about, so the answer is about someone else."""
+    question = "In which city was the printer Peter Schoeffer born?"
+    result = ask("Mainz [{src:Mainz}].", question, min_rerank_score=-100.0)  # past the weak-retrieval gate
+    assert result.response.abstained is True and result.response.abstain_reason == "unsupported"
+    assert result.verification is not None and result.verification.subject_missing == ["Peter Schoeffer"]
+    assert all(s.supported for s in result.verification.sentences)  # each sentence passed on its own
+    asked_about_gutenberg = ask("Mainz [{src:Mainz}].", "In which city was the printer Johannes Gutenberg born?")
+    assert asked_about_gutenberg.response.abstained is False
+
+
 def test_a_supported_answer_returns_quotes_that_are_exact_spans_of_the_chunks(
     ask: Callable[..., PipelineResult],
 ) -> None:
