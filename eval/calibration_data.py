@@ -231,7 +231,6 @@ def cache_key(
     return sha256_json(key)[:24]
 
 
-
 def _plain(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         return value.to_dict()
