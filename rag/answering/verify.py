@@ -546,7 +546,8 @@ class AnswerVerifier:
                 check.failures.append("low_cross_encoder")
         verdict, final = self._decide(text, checks)
         subject, missing = self._subject(question, checks, generated, sections or {}, sources)
-        if final is not None and subject and len(missing) == len(subject):
+        off_subject = bool(subject) and len(missing) == len(subject)
+        if final is not None and off_subject:
             verdict, final = "unsupported", None
         quotes: dict[int, Quote] = {}
         kept = [c for c in checks if c.supported] if final is not None else []
@@ -566,7 +567,7 @@ class AnswerVerifier:
             final_text=final,
             quotes=quotes,
             seconds=time.perf_counter() - started,
-            subject_missing=missing if subject and len(missing) == len(subject) else [],
+            subject_missing=missing if off_subject else [],
         )
 
     def _subject(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.calibrate import FitConfig, assign_splits, fit_artifact
+from eval.calibrate import FitConfig, assign_splits, fit_artifact, pipeline_factory
 from eval.calibration_data import BuildOptions, CalibrationQuestion, Collector, build_plans
 from eval.calibration_fit import (
     brier,
@@ -28,6 +28,7 @@ from eval.calibration_fit import (
 from eval.calibration_labels import is_correct
 from eval.datasets import EvalSample
 from rag.answering.calibration import NEVER_ANSWER, ConfidenceModel
+from rag.indexing.embedding import Embedder
 from tests.conftest import VENV_BIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -285,12 +286,11 @@ def test_isotonic_prior_keeps_small_blocks_away_from_certainty() -> None:
     assert all(a <= b for a, b in pairwise(smoothed))  # still non-decreasing
 
 
-def test_a_generated_near_miss_is_asked_with_its_source_hidden_and_cached_apart(tmp_path: Path) -> None:
+def test_a_generated_near_miss_is_asked_with_its_source_hidden_and_cached_apart(
+    tmp_path: Path, embedder: Embedder
+) -> None:
     """A ``rag eval generate`` set calibrates like a human one: its near-miss keeps the topic in the collection
-    and hides the source document from retrieval, as ``rag eval`` does."""
-    from types import SimpleNamespace
-
-    from rag.answering.retrieval import RetrievalResult
+    and hides the source document from retrieval, as ``rag eval`` does (real ingestion, Chroma and pipeline)."""
     from rag.settings import Settings
 
     generated = tmp_path / "generated.jsonl"
@@ -301,28 +301,16 @@ def test_a_generated_near_miss_is_asked_with_its_source_hidden_and_cached_apart(
     ]
     generated.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "a.md").write_text("Gutenberg was born in Mainz.")
+    (tmp_path / "docs" / "a.md").write_text("Johannes Gutenberg was born in Mainz and was buried in Mainz.")
+    (tmp_path / "docs" / "b.md").write_text("Gutenberg printed his Bible with movable metal type in the 1450s.")
     [plan] = build_plans([generated], BuildOptions(corpus=tmp_path / "docs"), tmp_path / "work")
     assert {q.sample.id: q.kind for q in plan.questions} == {"g1": "answerable", "g2": "near_miss"}
 
-    asked: list[tuple[str, object]] = []
-
-    class Pipeline:
-        retriever = SimpleNamespace(index_version=lambda: "v1")
-
-        def to_dict(self) -> dict[str, object]:
-            return {"retrieval": {"collection": plan.name}}
-
-        def run(self, question: str, *, filters: object = None, request_id: str | None = None) -> object:
-            asked.append((question, filters))
-            response = SimpleNamespace(model_dump=lambda mode: {"abstained": True, "answer": "", "abstain_reason":
-                                                                "weak_retrieval"})
-            retrieval = RetrievalResult([], "hybrid", "v1", np.zeros(0, dtype=np.float32), 0.0)
-            return SimpleNamespace(question=question, response=response, retrieval=retrieval, generated=None)
-
-    collector = Collector(Settings(data_dir=tmp_path / "data"), tmp_path / "cache", lambda _: Pipeline(),
+    settings = Settings(data_dir=tmp_path / "data", generator="extractive")
+    collector = Collector(settings, tmp_path / "cache", pipeline_factory(settings, embedder=embedder),
                           log=lambda _: None)
-    assert len(collector.collect([plan])) == 2
-    assert dict(asked) == {"Where was Gutenberg born?": None,
-                           "Where was Gutenberg buried?": {"doc_id": {"$nin": ["a.md"]}}}
+    collected = {q.sample.id: record for q, record in collector.collect([plan])}
+    assert len(collected) == 2
+    retrieved = {k: {c["doc_id"] for c in r["retrieval"]["chunks"]} for k, r in collected.items()}
+    assert "a.md" in retrieved["g1"] and retrieved["g2"] == {"b.md"}  # the topic stays, the answer goes
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2
