@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from rag.answering.decisions import Decision
 from rag.errors import InvalidInputError, SourceNotFoundError
 
 DatasetKind = Literal["jsonl", "beir", "pubmedqa"]
-Decision = Literal["yes", "no", "maybe"]
 PUBMEDQA_QUESTIONS = "pqal_test_set.json"
 PUBMEDQA_LABELS = "test_ground_truth.json"
 MAX_QUESTION_CHARS = 4000

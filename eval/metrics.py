@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from eval.datasets import Decision
+from rag.answering.decisions import HEDGES, NEGATIONS
 
 NAN = float("nan")
 CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
@@ -134,15 +135,6 @@ def abstention_correct(abstained: bool, answerable: bool | None) -> float:
     return 1.0 if abstained == (not answerable) else 0.0
 
 
-_HEDGES = re.compile(
-    r"\b(maybe|possibly|perhaps|unclear|uncertain|inconclusive|not clear|may or may not|insufficient|"
-    r"not enough (evidence|data|information)|mixed|it depends|cannot be determined|not (yet )?(be )?established|"
-    r"remains? to be|controversial|not conclusive)\b"
-)
-_NEGATIONS = re.compile(
-    r"\b(no|not|never|neither|nor|none|without|cannot|fails?|failed|lack|lacks|lacking|unrelated|"
-    r"does ?n[o']t|did ?n[o']t|is ?n[o']t|are ?n[o']t|was ?n[o']t|were ?n[o']t)\b|n't\b"
-)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -164,9 +156,9 @@ def extract_decision(answer: str, *, abstained: bool = False) -> Decision | None
         return "yes"
     if words[0] == "no":
         return "no"
-    if _HEDGES.search(first):
+    if HEDGES.search(first):
         return "maybe"
-    if _NEGATIONS.search(first):
+    if NEGATIONS.search(first):
         return "no"
     return "yes"
 

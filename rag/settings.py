@@ -248,6 +248,19 @@ class Settings(BaseSettings):
         description="An answer abstains (`unsupported`) when the question names someone or something and none of "
         "the sources it cites mentions any of those names (text, title or section path; acronyms left out).",
     )
+    verify_decisions: bool = Field(
+        True,
+        description="A sentence opening with yes, no or maybe fails verification unless one sentence of a cited "
+        "source states that decision: a finding (not a question, aim or method) with the same polarity that holds "
+        "`RAG_VERIFY_DECISION_MIN_OVERLAP` of the sentence's content words.",
+    )
+    verify_decision_min_overlap: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of a decision sentence's content words that the one source sentence stating it must hold "
+        "(1.0: all of them; a looser match let through coin-flip decisions, docs/EVALUATION.md).",
+    )
 
     # --- calibrated confidence (rag/answering/calibration.py; fitted by `rag calibrate`, docs/EVALUATION.md)
     calibration_path: Path | None = Field(

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from rag.answering.decisions import opening_decision
 from rag.errors import ConfigError
 from rag.hashing import sha256_json
 from rag.settings import Settings
@@ -63,7 +64,6 @@ YES_NO_OPENERS = frozenset({
     "is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "should", "would", "will", "shall",
     "may", "might", "must", "has", "have", "had",
 })
-DECISION_OPENING = re.compile(r"\W*(?:yes|no|maybe)\b", re.IGNORECASE)
 WH_OPENERS = frozenset({
     "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "name", "list", "describe", "explain",
 })
@@ -110,7 +110,7 @@ def signal_features(question: str, retrieval: Any, generated: Any) -> dict[str, 
         features["generation.cited"] = float(bool(generated.cited))
         features["generation.invalid_citations"] = float(len(generated.invalid_citations))
         features["generation.answer_words"] = math.log1p(len(str(generated.text).split()))
-        features["generation.decision"] = float(bool(DECISION_OPENING.match(str(generated.text))))
+        features["generation.decision"] = float(opening_decision(str(generated.text)) is not None)
     return features
 
 

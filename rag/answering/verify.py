@@ -28,12 +28,18 @@ the prompt's gap marker "…": a model copying it glues pieces of different pass
    sources the answer cites (text, title or section path). An answer whose sources never mention what was asked
    about is a fact about something else ("AD 79" for "When did Mount Fuji last erupt?", from a passage on
    Vesuvius), so the whole answer is ``unsupported`` (``verify_question_subject``).
-6. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
+6. **Decisions**: a sentence opening with "yes", "no" or "maybe" makes a decision that checks 2-4 cannot see (its
+   other words are the question's, found in any source that asks the question: "We investigated whether X
+   improves Y"). It passes only if one of its quotes states that decision: a finding (not a question, an aim, a
+   method or "is unknown"), whose polarity (a hedge: maybe; a negation: no; else yes) is the decision's, and which
+   holds ``decision_min_overlap`` (default: all) of the sentence's content words by itself; that sentence becomes
+   the citation's quote (``verify_decisions``; ``rag.answering.decisions``).
+7. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
    quote), the mean/min token log-probability of the sentence's span, and, per answer, the cross-encoder logit of
    (question, the answer's claims) (``ce_question``: a supported copy of a passage that does not answer the
    question scores low).
 
-A sentence is **supported** when 1-4 pass (and, if ``verify_min_cross_encoder`` is set, its cross-encoder logit
+A sentence is **supported** when 1-4 and 6 pass (and, if ``verify_min_cross_encoder`` is set, its cross-encoder logit
 reaches it). The **supporting quote** of each citation is the exact span of the chunk text as stored (``start``,
 ``end``; ``text == chunk[start:end]``): the chunk sentence that shares the most content words, numbers and
 entities with the answer sentence, extended to the sentence after or before it when that covers numbers or
@@ -55,6 +61,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
+from rag.answering.decisions import is_finding, opening_decision, stated_decision, without_decision
 from rag.answering.generation.answerer import GeneratedAnswer
 from rag.answering.generation.citations import parse_citations
 from rag.answering.generation.sentences import terms
@@ -471,6 +478,8 @@ class AnswerVerifier:
         repair_min_overlap: float = 0.65,
         min_cross_encoder: float | None = None,
         question_subject: bool = True,
+        decisions: bool = True,
+        decision_min_overlap: float = 1.0,
         encoder: PairScorer | None = None,
     ) -> None:
         if policy not in ("abstain", "cut"):
@@ -481,6 +490,8 @@ class AnswerVerifier:
         self.repair_min_overlap = repair_min_overlap
         self.min_cross_encoder = min_cross_encoder
         self.question_subject = question_subject
+        self.decisions = decisions
+        self.decision_min_overlap = decision_min_overlap
         self.encoder = encoder
 
     @classmethod
@@ -493,6 +504,8 @@ class AnswerVerifier:
             repair_min_overlap=settings.verify_repair_min_overlap,
             min_cross_encoder=settings.verify_min_cross_encoder,
             question_subject=settings.verify_question_subject,
+            decisions=settings.verify_decisions,
+            decision_min_overlap=settings.verify_decision_min_overlap,
             encoder=encoder if settings.verify_cross_encoder else None,
         )
 
@@ -504,6 +517,8 @@ class AnswerVerifier:
             "repair_min_overlap": self.repair_min_overlap,
             "min_cross_encoder": self.min_cross_encoder,
             "question_subject": self.question_subject,
+            "decisions": self.decisions,
+            "decision_min_overlap": self.decision_min_overlap,
             "cross_encoder": getattr(self.encoder, "to_dict", lambda: None)(),
         }
 
@@ -538,7 +553,7 @@ class AnswerVerifier:
                 if moved:  # the claim is in exactly one other shown source: cite that one instead
                     check.dropped, check.cited, check.repaired = check.cited, [], moved
                     self._support(check, sources)
-        relevance = self._score_pairs(checks, question)
+        relevance, quote_relevance = self._score_pairs(checks, question)
         self._logprobs(checks, generated)
         for check in checks:
             threshold = self.min_cross_encoder
@@ -557,6 +572,8 @@ class AnswerVerifier:
         features = answer_features(checks, generated, self.encoder is not None)
         if relevance is not None:
             features["ce_question"] = relevance
+        if quote_relevance is not None:
+            features["ce_quote_question"] = quote_relevance
         if subject:
             features["subject_found"] = round(1.0 - len(missing) / len(subject), 6)
         return VerificationReport(
@@ -648,24 +665,53 @@ class AnswerVerifier:
             check.failures.append("entity_not_in_source")
         if check.overlap < self.min_overlap:
             check.failures.append("low_overlap")
+        decision = opening_decision(check.text) if self.decisions else None
+        if decision is not None and not self._states(decision, check, cited):
+            check.failures.append("decision_not_in_source")
 
-    def _score_pairs(self, checks: Sequence[SentenceCheck], question: str | None) -> float | None:
+    def _states(self, decision: str, check: SentenceCheck, cited: Sequence[_Source]) -> bool:
+        """Check 6: whether a sentence of a cited source states the decision (a finding with its polarity that
+        holds ``decision_min_overlap`` of the claim's content words by itself); that sentence becomes the quote."""
+        claim = content_terms(without_decision(check.text))
+        if not claim:
+            return False
+        for source in cited:
+            for (start, end), span_terms in zip(source.spans, source.span_terms, strict=True):
+                piece = source.text[start:end]
+                if (
+                    len(claim & span_terms) / len(claim) >= self.decision_min_overlap
+                    and is_finding(piece)
+                    and stated_decision(piece) == decision
+                ):
+                    check.quotes[source.index] = Quote(text=piece, start=start, end=end)
+                    return True
+        return False
+
+    def _score_pairs(
+        self, checks: Sequence[SentenceCheck], question: str | None
+    ) -> tuple[float | None, float | None]:
         """One batched cross-encoder call: (answer sentence, quote) for every citation, a sentence keeping its best,
-        plus (question, the answer's claims without citation marks), whose logit is returned (``ce_question``)."""
+        plus (question, the answer's claims without citation marks) and (question, each quote of a claim), whose
+        logits are returned (``ce_question``, and ``ce_quote_question``: the best quote's)."""
         if self.encoder is None:
-            return None
+            return None, None
         pairs = [
             (k, _CITATION_MARK.sub("", c.text).strip(), q.text) for k, c in enumerate(checks) for q in c.quotes.values()
         ]
         claims = " ".join(_CITATION_MARK.sub("", c.text).strip() for c in checks if c.needs_citation)
         asked = [(question, claims)] if question and claims else []
+        quoted = sorted({q.text for c in checks if c.needs_citation for q in c.quotes.values()})
+        evidence = [(question, q) for q in quoted] if question and claims else []
         if not pairs and not asked:
-            return None
-        logits = self.encoder.score([(a, b) for _, a, b in pairs] + asked)
+            return None, None
+        logits = self.encoder.score([(a, b) for _, a, b in pairs] + evidence + asked)
         for (k, _, _), logit in zip(pairs, logits, strict=False):
             current = checks[k].cross_encoder
             checks[k].cross_encoder = float(logit) if current is None else max(current, float(logit))
-        return round(float(logits[-1]), 6) if asked else None
+        if not asked:
+            return None, None
+        best_quote = max(logits[len(pairs) : len(pairs) + len(evidence)], default=None)
+        return round(float(logits[-1]), 6), (None if best_quote is None else round(float(best_quote), 6))
 
     @staticmethod
     def _logprobs(checks: Sequence[SentenceCheck], generated: GeneratedAnswer) -> None:

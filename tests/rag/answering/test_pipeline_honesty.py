@@ -148,6 +148,8 @@ def ask(honesty_data: Path, embedder: Embedder, scripted: ScriptedOpenAI) -> Cal
         ("Johannes Gutenberg was born in Mainz around 1450 [{src:Mainz}].", "unsupported"),
         # (c) a citation of a source that was not shown
         ("Johannes Gutenberg was born in Mainz [{invalid}].", "uncited"),
+        # (d) a decision the source contradicts: every word is in it, the "no" is not
+        ("No, Johannes Gutenberg was not born in Mainz [{src:Mainz}].", "unsupported"),
         # a supported first sentence does not carry an unsupported second one (default policy: abstain)
         ("Gutenberg was born in Mainz [{src:Mainz}]. He later moved to Paris [{src:Mainz}].", "unsupported"),
     ],
@@ -173,6 +175,12 @@ def test_a_true_fact_about_someone_else_abstains_as_unsupported(ask: Callable[..
     assert all(s.supported for s in result.verification.sentences)  # each sentence passed on its own
     asked_about_gutenberg = ask("Mainz [{src:Mainz}].", "In which city was the printer Johannes Gutenberg born?")
     assert asked_about_gutenberg.response.abstained is False
+
+
+def test_a_decision_a_source_states_is_answered(ask: Callable[..., PipelineResult]) -> None:
+    result = ask("Yes, Johannes Gutenberg was born in Mainz [{src:Mainz}].", "Was Johannes Gutenberg born in Mainz?")
+    assert result.response.abstained is False and result.response.citations[0].quote is not None
+    assert "born in the German city of Mainz" in result.response.citations[0].quote.text
 
 
 def test_a_supported_answer_returns_quotes_that_are_exact_spans_of_the_chunks(

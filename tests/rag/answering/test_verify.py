@@ -33,6 +33,10 @@ CHUNKS = {
     ),
     "c-other": "Honey is stored in wax cells. Mainz lies on the Rhine. Gutenberg was born in Mainz.",
     "c-bell": "Alexander Graham Bell was born in 1847 in Edinburgh. The stone weighs 760 kilograms.",
+    "c-study": (
+        "The aim of this trial was to determine whether aspirin lowers the risk of stroke in older adults. "
+        "Aspirin did not lower the risk of stroke in older adults. Aspirin lowered the risk of heart attack."
+    ),
 }
 
 
@@ -206,6 +210,12 @@ def test_the_cross_encoder_scores_whether_the_answer_answers_the_question(
     wrong = verifier.run(answer, {}, "Who decoded the waggle dance of honeybees?")
     assert right.features["ce_question"] > wrong.features["ce_question"] + 3.0
     assert "ce_question" not in verifier.run(answer, {}).features
+    # a bare fact ("1847") says nothing about relevance; the quote it stands on does
+    year = generated("1847 [1].", "c-bell")
+    asked = verifier.run(year, dict(CHUNKS), "When was Alexander Graham Bell born?")
+    other = verifier.run(year, dict(CHUNKS), "When did the waggle dance get decoded?")
+    assert asked.features["ce_quote_question"] > other.features["ce_quote_question"] + 3.0
+    assert "ce_quote_question" not in verifier.run(year, dict(CHUNKS)).features
 
 
 def test_a_copied_gap_marker_splits_the_sentence_into_claims_that_each_need_support() -> None:
@@ -257,3 +267,29 @@ def test_an_answer_whose_sources_never_name_what_the_question_asks_about_abstain
     # acronyms are left out (sources spell them out), and a question naming nothing is not checked
     assert AnswerVerifier().run(weight, dict(CHUNKS), "How heavy is the stone in the UK?").final_text is not None
     assert "subject_found" not in AnswerVerifier().run(weight, dict(CHUNKS), "How heavy is the stone?").features
+
+
+def test_a_decision_stands_only_where_a_cited_sentence_states_it() -> None:
+    """The PubMedQA failure: "Yes, X lowers Y" restates the question, and the trial's aim ("to determine whether
+    aspirin lowers ...") holds every word of it, so checks 2-4 pass; the decision itself was never checked."""
+    wrong = verify("Yes, aspirin lowers the risk of stroke in older adults [1].", "c-study")
+    assert wrong.final_text is None and wrong.abstain_reason == "unsupported"
+    assert wrong.sentences[0].failures == ["decision_not_in_source"]
+    assert verify("Yes, aspirin lowers the risk of stroke in older adults [1].", "c-study", decisions=False).final_text
+    # the right decision stands, quoting the sentence that states it rather than the aim, which shares more words
+    right = verify("No, aspirin does not lower the risk of stroke in older adults [1].", "c-study")
+    assert right.final_text is not None and right.verdict == "supported"
+    assert right.quotes[1].text == "Aspirin did not lower the risk of stroke in older adults."
+    assert verify("Yes, aspirin lowers the risk of heart attack [1].", "c-study").final_text is not None
+    # a hedge is a third answer: neither the finding nor its opposite supports "maybe"
+    assert verify("Maybe, aspirin lowers the risk of stroke [1].", "c-study").final_text is None
+    # "No" as a determiner opens a statement, not a decision; a bare decision has no claim to check
+    assert verify("No aspirin trial lowered the risk of stroke in older adults [1].", "c-study").final_text
+    assert verify("Yes [1].", "c-study").final_text is None
+    # under the cut policy the undecided sentence goes and the supported one stays
+    cut = verify(
+        "Yes, aspirin lowers the risk of stroke in older adults [1]. Aspirin lowered the risk of heart attack [1].",
+        "c-study",
+        policy="cut",
+    )
+    assert cut.verdict == "cut" and cut.final_text == "Aspirin lowered the risk of heart attack [1]."
