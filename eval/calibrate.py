@@ -119,7 +119,7 @@ FEATURE_SETS: dict[str, list[str] | None] = {
     "all": None,
     "compact": [
         "question.yes_no", "question.statement", "generation.decision", "retrieval.top_rerank", "verify.ce_question",
-        "verify.min_overlap", "verify.subject_found", "generation.answer_words",
+        "verify.ce_quote_question", "verify.min_overlap", "verify.subject_found", "generation.answer_words",
     ],
 }
 

@@ -18,6 +18,9 @@ def calibrate_command(
         ..., "--dataset", help="Labelled questions: our QA .jsonl, a BEIR folder or PubMedQA (repeat the option)."
     ),
     corpus: Path | None = typer.Option(None, "--corpus", help="Documents a JSONL dataset asks about."),
+    corpus_for: list[str] = typer.Option(
+        [], "--corpus-for", help="NAME=PATH: the documents of one JSONL dataset (its file stem), overriding --corpus."
+    ),
     limit: int | None = typer.Option(
         None, "--limit", min=1, help="Seeded questions per dataset (default: all of a JSONL set, 100 otherwise)."
     ),
@@ -46,7 +49,8 @@ def calibrate_command(
     options = CalibrateOptions(
         datasets=datasets,
         build=BuildOptions(limit=limit, limits=_parse_limits(limit_for), near_miss_share=near_miss_share,
-                           distractors=distractors, seed=settings.seed, corpus=corpus),
+                           distractors=distractors, seed=settings.seed, corpus=corpus,
+                           corpora=_parse_corpora(corpus_for)),
         cache_dir=cache_dir,
         collect_only=collect_only,
         cached_only=cached_only,
@@ -94,4 +98,19 @@ def _parse_limits(items: list[str]) -> tuple[tuple[str, int], ...]:
         if not name or not value.isdigit() or int(value) < 1:
             raise InvalidInputError(f"--limit-for {item!r} is not NAME=N", hint="e.g. --limit-for pubmedqa=90")
         out.append((name, int(value)))
+    return tuple(out)
+
+
+def _parse_corpora(items: list[str]) -> tuple[tuple[str, Path], ...]:
+    from rag.errors import InvalidInputError
+
+    out = []
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            raise InvalidInputError(
+                f"--corpus-for {item!r} is not NAME=PATH",
+                hint="e.g. --corpus-for calibration_qa=samples/calibration/corpus",
+            )
+        out.append((name, Path(value)))
     return tuple(out)

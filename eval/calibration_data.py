@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.datasets import Dataset, EvalSample, load_dataset
+from eval.datasets import Dataset, EvalSample, dataset_name, load_dataset
 from rag.answering.generation.answerer import GeneratedAnswer
 from rag.answering.generation.prompt import PROMPT_VERSION, Context
 from rag.answering.retrieval import RetrievalResult, RetrievedChunk
@@ -83,12 +83,21 @@ class BuildOptions:
     test_share_beir: float = 0.34  # BEIR: share of the sampled questions drawn from the test qrels
     seed: int = 42
     corpus: Path | None = None  # for JSONL datasets
+    corpora: tuple[tuple[str, Path], ...] = ()  # per JSONL dataset name (its file stem), overriding ``corpus``
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"corpus": str(self.corpus) if self.corpus else None, "limits": dict(self.limits)}
+        return asdict(self) | {
+            "corpus": str(self.corpus) if self.corpus else None,
+            "corpora": {name: str(path) for name, path in self.corpora},
+            "limits": dict(self.limits),
+        }
 
     def limit_for(self, name: str, default: int | None) -> int | None:
         return dict(self.limits).get(name, self.limit or default)
+
+    def corpus_for(self, path: Path) -> Path | None:
+        """The documents a JSONL dataset asks about: its own ``--corpus-for`` entry, else ``--corpus``."""
+        return dict(self.corpora).get(dataset_name(path), self.corpus)
 
 
 def _collection_name(dataset: Dataset, digest: str) -> str:
@@ -157,7 +166,7 @@ def build_plans(paths: Iterable[Path], options: BuildOptions, work_dir: Path) ->
     """The collections and labelled questions of every ``--dataset`` (see the module docstring)."""
     plans: list[CollectionPlan] = []
     for path in paths:
-        dataset = load_dataset(Path(path), seed=options.seed, corpus=options.corpus, work_dir=work_dir,
+        dataset = load_dataset(Path(path), seed=options.seed, corpus=options.corpus_for(Path(path)), work_dir=work_dir,
                                split="test") if Path(path).suffix == ".jsonl" else None
         if dataset is not None:
             if not dataset.corpus:

@@ -120,6 +120,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "dataset"
 
 
+def dataset_name(path: Path) -> str:
+    """The name a JSONL dataset is reported under (and named by in ``--limit-for`` / ``--corpus-for``)."""
+    return _slug(path.stem)
+
+
 def detect_kind(path: Path) -> DatasetKind:
     """jsonl for a ``.jsonl`` file; beir for a folder with queries.jsonl and qrels/; pubmedqa for PQA-L files."""
     if not path.exists():
@@ -200,7 +205,7 @@ def _load_jsonl(path: Path, corpus: Path | None) -> Dataset:
     if corpus is not None and not corpus.exists():
         raise SourceNotFoundError(f"corpus {corpus} does not exist")
     return Dataset(
-        name=_slug(path.stem),
+        name=dataset_name(path),
         kind="jsonl",
         path=str(path),
         sha256=_sha256_files([path]),

@@ -7,7 +7,7 @@ document's format, that every reference context occurs verbatim (after whitespac
 reference documents, and that the set keeps its minimum counts per type and covers every document and format.
 
 Usage (from the repository root):
-    .venv/bin/python samples/qa/check_qa.py [--qa PATH] [--corpus DIR] [--json]
+    .venv/bin/python samples/qa/check_qa.py [--qa PATH] [--corpus DIR] [--profile sample|calibration] [--json]
 Exit status 0 when the set is valid, 1 when it is not (each problem is printed), 2 when the corpus cannot load.
 """
 
@@ -42,12 +42,27 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "answerable": bool,
     "tags": dict,
 }
-ANSWERABLE_TYPES = {"factoid", "why", "how", "numeric", "benign_lookalike"}
+ANSWERABLE_TYPES = {"factoid", "why", "how", "numeric", "benign_lookalike", "yes_no", "list"}
 FORMATS = {"md", "html", "txt", "pdf"}
 UNANSWERABLE_KINDS = {"off_topic", "near_miss"}
-MIN_ANSWERABLE = 60  # excluding benign look-alikes
-MIN_UNANSWERABLE = 30
-MIN_BENIGN = 10
+DECISIONS = {"yes", "no", "maybe"}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The least a set must hold: the sample set tests the injection filter and every format; the held-out
+    calibration set (samples/calibration) is about size."""
+
+    answerable: int  # excluding benign look-alikes
+    unanswerable: int
+    benign: int
+    formats: frozenset[str]
+
+
+PROFILES = {
+    "sample": Coverage(answerable=60, unanswerable=30, benign=10, formats=frozenset(FORMATS)),
+    "calibration": Coverage(answerable=300, unanswerable=100, benign=0, formats=frozenset({"md", "html", "txt"})),
+}
 MAX_QUESTION_CHARS = 1000  # the query length limit of the product
 
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?)\]])")
@@ -128,7 +143,7 @@ def check_schema(row: dict[str, Any], where: str, errors: list[str]) -> bool:
         elif not isinstance(row[name], kind):
             errors.append(f"{where}: field {name!r} should be {getattr(kind, '__name__', kind)}")
             good = False
-    extra = set(row) - set(REQUIRED_FIELDS) - {"_line"}
+    extra = set(row) - set(REQUIRED_FIELDS) - {"_line", "decision"}
     if extra:
         errors.append(f"{where}: unexpected fields {sorted(extra)}")
     if not good:
@@ -160,6 +175,13 @@ def check_labels(row: dict[str, Any], where: str, corpus: dict[str, tuple[str, s
             errors.append(f"{where}: answerable row needs a reference, reference_doc_ids and reference_contexts")
         if tags["format"] not in FORMATS:
             errors.append(f"{where}: tags.format {tags['format']!r} is not one of {sorted(FORMATS)}")
+        decision = row.get("decision")
+        if (tags["type"] == "yes_no") != (decision is not None):
+            errors.append(f"{where}: a yes_no row, and only one, carries a decision")
+        elif decision is not None and (
+            decision not in DECISIONS or not row["reference"].lower().startswith(decision)
+        ):
+            errors.append(f"{where}: decision {decision!r} must be one of {sorted(DECISIONS)} and open the reference")
     else:
         if tags["type"] != "unanswerable":
             errors.append(f"{where}: unanswerable row must have tags.type 'unanswerable'")
@@ -204,24 +226,26 @@ def count(rows: list[dict[str, Any]], corpus: dict[str, tuple[str, str]]) -> dic
     }
 
 
-def check_coverage(report: QaReport) -> None:
+def check_coverage(report: QaReport, least: Coverage) -> None:
     types = report.counts["type"]
     factual = sum(n for name, n in types.items() if name in ANSWERABLE_TYPES - {"benign_lookalike"})
-    if factual < MIN_ANSWERABLE:
-        report.errors.append(f"only {factual} answerable (non-look-alike) questions; need {MIN_ANSWERABLE}")
-    if types.get("unanswerable", 0) < MIN_UNANSWERABLE:
-        report.errors.append(f"only {types.get('unanswerable', 0)} unanswerable questions; need {MIN_UNANSWERABLE}")
-    if types.get("benign_lookalike", 0) < MIN_BENIGN:
-        report.errors.append(f"only {types.get('benign_lookalike', 0)} benign look-alikes; need {MIN_BENIGN}")
+    if factual < least.answerable:
+        report.errors.append(f"only {factual} answerable (non-look-alike) questions; need {least.answerable}")
+    if types.get("unanswerable", 0) < least.unanswerable:
+        report.errors.append(f"only {types.get('unanswerable', 0)} unanswerable questions; need {least.unanswerable}")
+    if types.get("benign_lookalike", 0) < least.benign:
+        report.errors.append(f"only {types.get('benign_lookalike', 0)} benign look-alikes; need {least.benign}")
     for doc_id, n in report.counts["answerable_per_doc"].items():
         if n == 0:
             report.errors.append(f"document {doc_id} has no answerable question")
-    missing_formats = FORMATS - set(report.documents.values())
+    missing_formats = least.formats - set(report.documents.values())
     if missing_formats:
         report.errors.append(f"the corpus has no document of format(s) {sorted(missing_formats)}")
 
 
-def validate(qa_path: Path = DEFAULT_QA, corpus_root: Path = DEFAULT_CORPUS, max_bytes: int = MAX_BYTES) -> QaReport:
+def validate(
+    qa_path: Path = DEFAULT_QA, corpus_root: Path = DEFAULT_CORPUS, max_bytes: int = MAX_BYTES, profile: str = "sample"
+) -> QaReport:
     """Check the QA set at ``qa_path`` against the corpus under ``corpus_root``; never raises on bad rows."""
     report = QaReport(qa_path=str(qa_path), corpus_root=str(corpus_root))
     corpus = load_corpus(corpus_root, max_bytes)
@@ -243,7 +267,7 @@ def validate(qa_path: Path = DEFAULT_QA, corpus_root: Path = DEFAULT_CORPUS, max
         seen_questions.setdefault(question_key, row["id"])
         check_labels(row, where, corpus, report.errors)
     report.counts = count(rows, corpus)
-    check_coverage(report)
+    check_coverage(report, PROFILES[profile])
     return report
 
 
@@ -252,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qa", type=Path, default=DEFAULT_QA, help="QA set, JSON lines")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus root (doc ids are relative to it)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILES), default="sample", help="minimum counts: sample set or calibration set"
+    )
     args = parser.parse_args(argv)
     try:
-        report = validate(args.qa, args.corpus)
+        report = validate(args.qa, args.corpus, profile=args.profile)
     except (RagError, OSError) as exc:
         print(f"cannot load the corpus or QA file: {exc}", file=sys.stderr)
         return 2

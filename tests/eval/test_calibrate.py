@@ -314,3 +314,22 @@ def test_a_generated_near_miss_is_asked_with_its_source_hidden_and_cached_apart(
     retrieved = {k: {c["doc_id"] for c in r["retrieval"]["chunks"]} for k, r in collected.items()}
     assert "a.md" in retrieved["g1"] and retrieved["g2"] == {"b.md"}  # the topic stays, the answer goes
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+
+
+def test_each_jsonl_dataset_can_name_its_own_corpus(tmp_path: Path) -> None:
+    """``--corpus-for NAME=PATH``: two JSONL sets about different documents calibrate in one run, each in a
+    collection of its own documents; the others fall back to ``--corpus``, and a malformed entry is refused."""
+    from eval.calibrate_cli import _parse_corpora
+    from rag.errors import InvalidInputError
+
+    for name in ("ours", "theirs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.md").write_text(f"A document about {name}.")
+        (tmp_path / f"{name}_qa.jsonl").write_text(json.dumps({"question": f"What about {name}?", "answerable": True,
+                                                               "reference_doc_ids": [f"{name}.md"]}) + "\n")
+    options = BuildOptions(corpus=tmp_path / "ours", corpora=_parse_corpora([f"theirs_qa={tmp_path / 'theirs'}"]))
+    plans = build_plans([tmp_path / "ours_qa.jsonl", tmp_path / "theirs_qa.jsonl"], options, tmp_path / "work")
+    assert [p.corpus for p in plans] == [[tmp_path / "ours"], [tmp_path / "theirs"]]
+    assert plans[0].name != plans[1].name
+    with pytest.raises(InvalidInputError, match="NAME=PATH"):
+        _parse_corpora(["theirs_qa"])
