@@ -152,7 +152,7 @@ def feature_specs(rows: list[dict[str, float]], only: list[str] | None = None) -
 
 def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit on the fit split's answers (model kind by 5-fold CV Brier), thresholds on the calibration split's."""
-    from eval.calibration_fit import cross_validate, fit_model, select_threshold
+    from eval.calibration_fit import cross_validate, fit_model, paired_se, select_threshold
     from rag.answering.calibration import ARTIFACT_FORMAT, NEVER_ANSWER, TARGET_GRID, ConfidenceModel, feature_value
 
     def design(only: list[str] | None) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -181,11 +181,14 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
                 grid.append((f, config.kinds[0], max(config.l2_grid)))
             else:
                 grid += [(f, kind, l2) for kind in config.kinds for l2 in sorted(config.l2_grid, reverse=True)]
-        cv = {f"{f}:{kind}@l2={l2:g}": cross_validate(designs[f][1], y, kind, l2=l2, seed=config.seed)
-              for f, kind, l2 in grid}
-        best = min(cv.values(), key=lambda r: r["brier"])
-        feature_set, kind, l2 = next(c for c in grid if cv[f"{c[0]}:{c[1]}@l2={c[2]:g}"]["brier"]
-                                     <= best["brier"] + best["brier_se"] + 1e-12)
+        runs = {f"{f}:{kind}@l2={l2:g}": cross_validate(designs[f][1], y, kind, l2=l2, seed=config.seed)
+                for f, kind, l2 in grid}
+        best = min(runs.values(), key=lambda r: r["brier"])
+        for r in runs.values():  # one SE of the paired difference to the best (0 for the best itself)
+            r["se_vs_best"] = paired_se(r["squared"], best["squared"])
+        feature_set, kind, l2 = next(c for c in grid if (r := runs[f"{c[0]}:{c[1]}@l2={c[2]:g}"])["brier"]
+                                     <= best["brier"] + r["se_vs_best"] + 1e-12)
+        cv = {name: {k: v for k, v in r.items() if k != "squared"} for name, r in runs.items()}
         specs, x = designs[feature_set]
         params = fit_model(x, y, kind, l2=l2, seed=config.seed)
     for spec, mean, scale, coef in zip(specs, params["mean"], params["scale"], params["coef"], strict=True):

@@ -8,6 +8,9 @@ deterministic, so the same inputs give a bit-identical artifact.
   Brier score on the fit split only, with the one-standard-error rule (Hastie, Tibshirani, Friedman, The Elements
   of Statistical Learning, 2nd ed., section 7.10): the simplest candidate within one standard error of the best,
   because a fit split of a few dozen answers cannot tell close candidates apart and the richer one then overfits.
+  The standard error is that of the paired, answer-by-answer difference to the best (``paired_se``): both models
+  score the same answers, and the spread of one model's squared errors (mostly which answers are hard) would hide
+  a real difference between them.
 - Threshold: Learn-then-Test (Angelopoulos, Bates, Candès, Jordan, Lei 2021) with fixed-sequence testing. For each
   candidate threshold, from high to low, H0 "error rate among answered > target" is tested with the exact binomial
   test (p = P[Bin(n, target) <= errors], the Clopper-Pearson bound); the sequence stops at the first threshold not
@@ -163,8 +166,9 @@ def predict_params(params: dict[str, Any], x: np.ndarray) -> np.ndarray:
     return p
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, kind: str, *, l2: float, seed: int, k: int = 5) -> dict[str, float]:
-    """Out-of-fold Brier (with its standard error over the answers) and ECE of one model kind on the fit split."""
+def cross_validate(x: np.ndarray, y: np.ndarray, kind: str, *, l2: float, seed: int, k: int = 5) -> dict[str, Any]:
+    """Out-of-fold Brier (with its standard error over the answers) and ECE of one model kind on the fit split;
+    ``squared`` holds each answer's out-of-fold squared error, for paired comparisons between candidates."""
     folds = stratified_folds(y, k, seed)
     oof = np.full(len(y), float(y.mean()))
     for f in range(k):
@@ -173,7 +177,14 @@ def cross_validate(x: np.ndarray, y: np.ndarray, kind: str, *, l2: float, seed: 
             oof[held] = predict_params(fit_model(x[train], y[train], kind, l2=l2, seed=seed), x[held])
     squared = (oof - y) ** 2
     se = float(np.std(squared, ddof=1) / math.sqrt(len(y))) if len(y) > 1 else 0.0
-    return {"brier": brier(oof, y), "brier_se": se, "ece": ece(oof, y)}
+    return {"brier": brier(oof, y), "brier_se": se, "ece": ece(oof, y), "squared": squared}
+
+
+def paired_se(squared: np.ndarray, reference: np.ndarray) -> float:
+    """Standard error of the mean difference in squared error between two candidates on the same answers: what
+    separates them, without the answer-to-answer spread they share (an answer hard for one is hard for both)."""
+    diff = np.asarray(squared, float) - np.asarray(reference, float)
+    return float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ metrics

@@ -166,6 +166,29 @@ def test_a_few_dozen_answers_are_fitted_on_the_compact_feature_set_when_noise_sw
     assert model.predict({"question.yes_no": 1.0}) + 0.2 < model.predict({"question.yes_no": 0.0})
 
 
+def test_a_modest_signal_beats_the_constant_when_compared_answer_by_answer() -> None:
+    """150 answers, most of them right, and one feature that shifts the odds: the constant is worse by less than
+    the answer-to-answer spread of its Brier score (which the two models share: an answer hard for one is hard
+    for the other), but by more than the standard error of their paired difference, so the feature is kept."""
+    rng = np.random.default_rng(1)
+
+    def answers(n: int) -> list[FakeOutcome]:
+        out = []
+        for _ in range(n):
+            x = float(rng.normal())
+            right = bool(rng.uniform() < 1 / (1 + np.exp(-1.6 - 0.9 * x)))
+            out.append(FakeOutcome({"verify.ce_quote_question": x}, right))
+        return out
+
+    artifact, info = fit_artifact(answers(150), answers(150), FitConfig())
+    constant = info["cv"]["none:logistic@l2=100"]
+    best = min(r["brier"] for r in info["cv"].values())
+    assert constant["se_vs_best"] < constant["brier"] - best < constant["brier_se"]  # the unpaired rule kept none
+    assert info["chosen_feature_set"] == "compact"
+    model = ConfidenceModel.from_artifact(artifact)
+    assert model.predict({"verify.ce_quote_question": 1.0}) > model.predict({"verify.ce_quote_question": -1.0}) + 0.1
+
+
 def test_one_class_fit_gives_a_constant_smoothed_model() -> None:
     fit = [FakeOutcome({"retrieval.top_dense": v}, False) for v in (0.3, 0.5, 0.7)]
     artifact, info = fit_artifact(fit, fit, FitConfig())
