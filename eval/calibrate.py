@@ -181,13 +181,23 @@ def fit_artifact(fit: list[Any], cal: list[Any], config: FitConfig) -> tuple[dic
                 grid.append((f, config.kinds[0], max(config.l2_grid)))
             else:
                 grid += [(f, kind, l2) for kind in config.kinds for l2 in sorted(config.l2_grid, reverse=True)]
-        runs = {f"{f}:{kind}@l2={l2:g}": cross_validate(designs[f][1], y, kind, l2=l2, seed=config.seed)
-                for f, kind, l2 in grid}
-        best = min(runs.values(), key=lambda r: r["brier"])
+        def label(c: tuple[str, str, float]) -> str:
+            return f"{c[0]}:{c[1]}@l2={c[2]:g}"
+
+        runs = {label(c): cross_validate(designs[c[0]][1], y, c[1], l2=c[2], seed=config.seed) for c in grid}
+        # The constant cannot rank answers, so it cannot carry a threshold: it is kept only when no model with
+        # features has a lower out-of-fold Brier score; among those models, the one-SE rule picks the simplest.
+        ranked = [c for c in grid if FEATURE_SETS[c[0]] != []] or grid
+        best = min((runs[label(c)] for c in ranked), key=lambda r: r["brier"])
         for r in runs.values():  # one SE of the paired difference to the best (0 for the best itself)
             r["se_vs_best"] = paired_se(r["squared"], best["squared"])
-        feature_set, kind, l2 = next(c for c in grid if (r := runs[f"{c[0]}:{c[1]}@l2={c[2]:g}"])["brier"]
-                                     <= best["brier"] + r["se_vs_best"] + 1e-12)
+        constant = [c for c in grid if FEATURE_SETS[c[0]] == []]
+        if constant and runs[label(constant[0])]["brier"] <= best["brier"]:
+            feature_set, kind, l2 = constant[0]
+        else:
+            feature_set, kind, l2 = next(
+                c for c in ranked if runs[label(c)]["brier"] <= best["brier"] + runs[label(c)]["se_vs_best"] + 1e-12
+            )
         cv = {name: {k: v for k, v in r.items() if k != "squared"} for name, r in runs.items()}
         specs, x = designs[feature_set]
         params = fit_model(x, y, kind, l2=l2, seed=config.seed)

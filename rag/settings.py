@@ -248,6 +248,13 @@ class Settings(BaseSettings):
         description="An answer abstains (`unsupported`) when the question names someone or something and none of "
         "the sources it cites mentions any of those names (text, title or section path; acronyms left out).",
     )
+    verify_min_quote_relevance: float | None = Field(
+        1.0,
+        description="An answer abstains (`unsupported`) when the cross-encoder logit of (question, its best supporting "
+        "quote) is below this: the quoted evidence does not answer the question (a date or number taken from "
+        "another event). Chosen on the fit and calibration splits (docs/EVALUATION.md); null turns it off. "
+        "Needs `RAG_VERIFY_CROSS_ENCODER`.",
+    )
     verify_decisions: bool = Field(
         True,
         description="A sentence opening with yes, no or maybe fails verification unless one sentence of a cited "

@@ -34,7 +34,12 @@ the prompt's gap marker "…": a model copying it glues pieces of different pass
    method or "is unknown"), whose polarity (a hedge: maybe; a negation: no; else yes) is the decision's, and which
    holds ``decision_min_overlap`` (default: all) of the sentence's content words by itself; that sentence becomes
    the citation's quote (``verify_decisions``; ``rag.answering.decisions``).
-7. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
+7. **Evidence relevance** (answer-level): the cross-encoder logit of (question, the best quote of the answer's
+   claims) must reach ``min_quote_relevance`` (``verify_min_quote_relevance``), else the whole answer is
+   ``unsupported``. A bare "1971 [1]" for "When did the Privy Council rule on the collision?" passes checks 1-5
+   when its quote is "... a Christmas tree to Boston every year since 1971": every word is there, but the quote
+   does not answer the question (``irrelevant_evidence`` in the report).
+8. Features only (the calibration model weighs them): the cross-encoder logit of (answer sentence, its supporting
    quote), the mean/min token log-probability of the sentence's span, and, per answer, the cross-encoder logit of
    (question, the answer's claims) (``ce_question``: a supported copy of a passage that does not answer the
    question scores low).
@@ -337,6 +342,7 @@ class VerificationReport:
     quotes: dict[int, Quote]
     seconds: float
     subject_missing: list[str] = field(default_factory=list)  # the question's names no cited source mentions
+    irrelevant_evidence: bool = False  # the best quote's relevance to the question is under min_quote_relevance
 
     @property
     def abstain_reason(self) -> Literal["uncited", "unsupported"] | None:
@@ -357,6 +363,7 @@ class VerificationReport:
             "sentences": [s.to_dict() for s in self.sentences],
             "quotes": {str(k): q.model_dump() for k, q in self.quotes.items()},
             "subject_missing": list(self.subject_missing),
+            "irrelevant_evidence": self.irrelevant_evidence,
             "seconds": self.seconds,
         }
 
@@ -477,6 +484,7 @@ class AnswerVerifier:
         repair: bool = True,
         repair_min_overlap: float = 0.65,
         min_cross_encoder: float | None = None,
+        min_quote_relevance: float | None = None,
         question_subject: bool = True,
         decisions: bool = True,
         decision_min_overlap: float = 1.0,
@@ -489,6 +497,7 @@ class AnswerVerifier:
         self.repair = repair
         self.repair_min_overlap = repair_min_overlap
         self.min_cross_encoder = min_cross_encoder
+        self.min_quote_relevance = min_quote_relevance
         self.question_subject = question_subject
         self.decisions = decisions
         self.decision_min_overlap = decision_min_overlap
@@ -503,6 +512,7 @@ class AnswerVerifier:
             repair=settings.verify_repair,
             repair_min_overlap=settings.verify_repair_min_overlap,
             min_cross_encoder=settings.verify_min_cross_encoder,
+            min_quote_relevance=settings.verify_min_quote_relevance,
             question_subject=settings.verify_question_subject,
             decisions=settings.verify_decisions,
             decision_min_overlap=settings.verify_decision_min_overlap,
@@ -516,6 +526,7 @@ class AnswerVerifier:
             "repair": self.repair,
             "repair_min_overlap": self.repair_min_overlap,
             "min_cross_encoder": self.min_cross_encoder,
+            "min_quote_relevance": self.min_quote_relevance,
             "question_subject": self.question_subject,
             "decisions": self.decisions,
             "decision_min_overlap": self.decision_min_overlap,
@@ -564,6 +575,10 @@ class AnswerVerifier:
         off_subject = bool(subject) and len(missing) == len(subject)
         if final is not None and off_subject:
             verdict, final = "unsupported", None
+        floor = self.min_quote_relevance
+        irrelevant = final is not None and floor is not None and quote_relevance is not None and quote_relevance < floor
+        if irrelevant:
+            verdict, final = "unsupported", None
         quotes: dict[int, Quote] = {}
         kept = [c for c in checks if c.supported] if final is not None else []
         for check in kept:
@@ -585,6 +600,7 @@ class AnswerVerifier:
             quotes=quotes,
             seconds=time.perf_counter() - started,
             subject_missing=missing if off_subject else [],
+            irrelevant_evidence=irrelevant,
         )
 
     def _subject(

@@ -189,6 +189,19 @@ def test_a_modest_signal_beats_the_constant_when_compared_answer_by_answer() -> 
     assert model.predict({"verify.ce_quote_question": 1.0}) > model.predict({"verify.ce_quote_question": -1.0}) + 0.1
 
 
+def test_features_of_pure_noise_leave_the_constant() -> None:
+    rng = np.random.default_rng(1)
+
+    def answers(n: int) -> list[FakeOutcome]:
+        noise = [{"verify.ce_quote_question": float(rng.normal()), "retrieval.top_rerank": float(rng.normal())}
+                 for _ in range(n)]
+        return [FakeOutcome(row, bool(rng.uniform() < 0.8)) for row in noise]
+
+    artifact, info = fit_artifact(answers(150), answers(150), FitConfig())
+    assert info["chosen_feature_set"] == "none" and artifact["features"] == []
+    assert info["cv"]["none:logistic@l2=100"]["brier"] <= min(r["brier"] for r in info["cv"].values()) + 1e-12
+
+
 def test_one_class_fit_gives_a_constant_smoothed_model() -> None:
     fit = [FakeOutcome({"retrieval.top_dense": v}, False) for v in (0.3, 0.5, 0.7)]
     artifact, info = fit_artifact(fit, fit, FitConfig())

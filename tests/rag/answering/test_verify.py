@@ -216,6 +216,12 @@ def test_the_cross_encoder_scores_whether_the_answer_answers_the_question(
     other = verifier.run(year, dict(CHUNKS), "When did the waggle dance get decoded?")
     assert asked.features["ce_quote_question"] > other.features["ce_quote_question"] + 3.0
     assert "ce_quote_question" not in verifier.run(year, dict(CHUNKS)).features
+    # with a floor on that relevance the fact about something else abstains; the answer to the question stands
+    floored = AnswerVerifier(encoder=CrossEncoder(make_settings()), min_quote_relevance=1.0)
+    off = floored.run(year, dict(CHUNKS), "When did the waggle dance get decoded?")
+    assert off.final_text is None and off.abstain_reason == "unsupported" and off.irrelevant_evidence
+    kept = floored.run(year, dict(CHUNKS), "When was Alexander Graham Bell born?")
+    assert kept.final_text == "1847 [1]." and not kept.irrelevant_evidence
 
 
 def test_a_copied_gap_marker_splits_the_sentence_into_claims_that_each_need_support() -> None:
