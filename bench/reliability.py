@@ -45,7 +45,7 @@ CASES = REPO / "tests" / "reliability" / "data"
 SCHEMATHESIS_CONFIG = REPO / "tests" / "reliability" / "schemathesis.toml"
 LOCUSTFILE = Path(__file__).with_name("reliability_locust.py")
 BIN = Path(sys.executable).parent
-QUESTION = "What lens did Augustin Fresnel invent for lighthouses?"
+QUESTION = "What kind of lens did Fresnel present for lighthouses?"
 
 # ------------------------------------------------------------------------------------------------ processes
 

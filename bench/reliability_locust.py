@@ -26,7 +26,7 @@ from typing import Any
 from locust import HttpUser, between, events, task
 
 QUESTIONS = [
-    "What lens did Augustin Fresnel invent for lighthouses?",
+    "What kind of lens did Fresnel present for lighthouses?",
     "How do honeybees communicate where flowers are?",
     "What is a shield volcano?",
     "Who made the first telephone call and what was said?",

@@ -252,8 +252,8 @@ class Settings(BaseSettings):
         1.0,
         description="An answer abstains (`unsupported`) when the cross-encoder logit of (question, its best supporting "
         "quote) is below this: the quoted evidence does not answer the question (a date or number taken from "
-        "another event). Chosen on the fit and calibration splits (docs/EVALUATION.md); null turns it off. "
-        "Needs `RAG_VERIFY_CROSS_ENCODER`.",
+        "another event). Chosen on the fit and calibration splits (docs/EVALUATION.md); -100 (below any logit) "
+        "turns it off. Needs `RAG_VERIFY_CROSS_ENCODER`.",
     )
     verify_decisions: bool = Field(
         True,

@@ -98,6 +98,7 @@ _CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]+(?:['’]s)?|[A-Z]{2,}[a-z]?s?|[A-Z]
 _WORD = re.compile(r"[A-Za-z0-9]+")
 SOFT_WRAP_MIN_CHARS = 50  # a shorter line without end punctuation is a heading or a list item, not wrapped prose
 _BLOCK_STARTS = ("#", "-", "*", "•", "|", ">")
+_PRONOUN = re.compile(r"\b(?:it|its|he|him|his|she|her|they|them|their|this|these|those)\b", re.IGNORECASE)
 ENTITY_STOPWORDS = frozenset(
     {"I", "A", "An", "The", "This", "That", "These", "Those", "It", "Its", "In", "On", "At", "Of", "For", "And"}
     | {"But", "Or", "If", "When", "Yes", "No"}
@@ -410,6 +411,21 @@ class _Source:
             and (not wanted.terms or len(wanted.terms & self.terms) / len(wanted.terms) >= min_overlap)
         )
 
+    def with_antecedent(self, quote: Quote, limit: int = 3) -> str:
+        """The quote read from the sentence that names what it is about: while the first sentence of the text has a
+        pronoun ("It was probably 100 metres tall", "In 1822 he presented a lens"), the source sentence before it
+        is prepended (at most ``limit``)."""
+        start = quote.start
+        for _ in range(limit):
+            first = next((self.text[a:b] for a, b in self.spans if a <= start < b), self.text[start : quote.end])
+            if not _PRONOUN.search(first):
+                break
+            before = [a for a, b in self.spans if b <= start]
+            if not before:
+                break
+            start = max(before)
+        return self.text[start : quote.end]
+
     def quote(self, wanted: _Wanted) -> Quote:
         """The best-supporting sentence, extended by a neighbour that holds numbers or entities it lacks."""
 
@@ -564,7 +580,7 @@ class AnswerVerifier:
                 if moved:  # the claim is in exactly one other shown source: cite that one instead
                     check.dropped, check.cited, check.repaired = check.cited, [], moved
                     self._support(check, sources)
-        relevance, quote_relevance = self._score_pairs(checks, question)
+        relevance, quote_relevance = self._score_pairs(checks, question, sources)
         self._logprobs(checks, generated)
         for check in checks:
             threshold = self.min_cross_encoder
@@ -704,11 +720,12 @@ class AnswerVerifier:
         return False
 
     def _score_pairs(
-        self, checks: Sequence[SentenceCheck], question: str | None
+        self, checks: Sequence[SentenceCheck], question: str | None, sources: Mapping[int, _Source]
     ) -> tuple[float | None, float | None]:
         """One batched cross-encoder call: (answer sentence, quote) for every citation, a sentence keeping its best,
-        plus (question, the answer's claims without citation marks) and (question, each quote of a claim), whose
-        logits are returned (``ce_question``, and ``ce_quote_question``: the best quote's)."""
+        plus (question, the answer's claims without citation marks) and (question, each quote of a claim, also
+        read from the sentence that names what its opening pronoun refers to), whose logits are returned
+        (``ce_question``, and ``ce_quote_question``: the best evidence's)."""
         if self.encoder is None:
             return None, None
         pairs = [
@@ -716,7 +733,13 @@ class AnswerVerifier:
         ]
         claims = " ".join(_CITATION_MARK.sub("", c.text).strip() for c in checks if c.needs_citation)
         asked = [(question, claims)] if question and claims else []
-        quoted = sorted({q.text for c in checks if c.needs_citation for q in c.quotes.values()})
+        quoted = sorted({
+            text
+            for c in checks
+            if c.needs_citation
+            for n, q in c.quotes.items()
+            for text in (q.text, sources[n].with_antecedent(q))
+        })
         evidence = [(question, q) for q in quoted] if question and claims else []
         if not pairs and not asked:
             return None, None

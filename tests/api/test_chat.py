@@ -64,7 +64,9 @@ def _ask_follow_up(client: TestClient) -> dict:
 
 
 def test_explicit_messages_are_used_and_nothing_is_stored(make_client: Client, sample_data_dir: Path) -> None:
-    client = make_client()
+    # the extractive generator's pick for "how tall" is the sentence naming the Pharos, not its height, which the
+    # evidence-relevance check rightly abstains on; this test is about the rewrite reaching the right document
+    client = make_client(verify_min_quote_relevance=-100.0)
     messages = [{"role": "user", "content": "Who was the architect of the Pharos of Alexandria?"},
                 {"role": "assistant", "content": "Sostratus of Cnidus [1]."}]  # fmt: skip
     body = chat(client, question="And how tall was it?", messages=messages)

@@ -53,7 +53,7 @@ def test_round_trip_answer_thumbs_down_labelled_set_eval(
     client = make_client(data_dir=data_dir, log_questions="text")
     wrong = answer(client)
     assert not wrong["abstained"]
-    right = answer(client, "How hot do stratovolcano eruptions get and what is the VEI scale?")
+    right = answer(client, "Who proposed the Volcanic Explosivity Index for comparing eruptions?")
     down = client.post("/v1/feedback", json={"request_id": wrong["request_id"], "rating": "down", "comment": "wrong"})
     assert down.status_code == 201, down.text
     assert down.json() == {"request_id": wrong["request_id"], "rating": "down", "comment_stored": "text"}

@@ -103,7 +103,7 @@ def last_turn(page: Page) -> Locator:
 
 def test_two_turn_chat_with_a_follow_up_and_a_citation_chip(page: Page, tmp_path: Path) -> None:
     page.evaluate(WATCH_DRAFTS)
-    ask(page, "What lens did Augustin Fresnel invent for lighthouses?")
+    ask(page, "What kind of lens did Fresnel present for lighthouses?")
     first = last_turn(page)
     expect(first).to_have_attribute("data-state", "answered")
     assert page.evaluate("window.drafts.length") > 0, "streamed tokens are shown as a draft first"

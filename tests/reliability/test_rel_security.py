@@ -108,7 +108,7 @@ def test_keys_and_secrets_never_reach_logs_or_responses(
     }
     client = app_client(openai_model="served-model", **common)
     failing = app_client(openai_model="echo-auth", **common)
-    question = {"question": "What lens did Augustin Fresnel invent for lighthouses?"}
+    question = {"question": "What kind of lens did Fresnel present for lighthouses?"}
     bearer = {"Authorization": f"Bearer {QUERY_KEY}"}
     responses = [
         client.post("/v1/query", json=question, headers=bearer),
