@@ -38,12 +38,18 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _stem(token: str) -> str:
-    """Crude suffix stripping so that change/changes/changed and listen/listens/listening meet."""
+    """Crude suffix stripping so that change/changes/changed and listen/listens/listening meet, and British and
+    American spellings too: a model writes "330 meters" about a source that says "330 metres" (colour/color)."""
     for suffix in ("ies", "ing", "ed", "es", "s"):
         if token.endswith(suffix) and len(token) - len(suffix) >= 3:
             token = token[: -len(suffix)] + ("y" if suffix == "ies" else "")
             break
-    return token[:-1] if token.endswith("e") and len(token) > 4 else token
+    token = token[:-1] if token.endswith("e") and len(token) > 4 else token
+    if token.endswith(("tr", "br")) and len(token) > 3:  # metr(e) -> meter, fibr(e) -> fiber
+        return token[:-1] + "er"
+    if token.endswith("our") and len(token) > 4:  # colour -> color
+        return token[:-2] + "r"
+    return token
 
 
 def terms(text: str) -> set[str]:

@@ -8,6 +8,7 @@ from rag.answering.generation.answerer import Answerer
 from rag.answering.generation.citations import check_citations, is_unknown_answer
 from rag.answering.generation.extractive import ExtractiveGenerator
 from rag.answering.generation.prompt import UNKNOWN_ANSWER
+from rag.answering.generation.sentences import terms
 
 
 def test_answers_with_the_supporting_sentence_and_its_citation(contexts_for: Any) -> None:
@@ -53,3 +54,9 @@ def test_heading_underlines_never_reach_an_answer() -> None:
 
     text = "Ancient lighthouses\n-------------------\n\nThe Pharos of Alexandria stood in Egypt.\n=====\n"
     assert split_sentences(text) == ["Ancient lighthouses", "The Pharos of Alexandria stood in Egypt."]
+
+
+def test_british_and_american_spellings_are_one_term() -> None:
+    """A model answering "330 meters" about a source that says "330 metres" makes the same claim."""
+    assert terms("330 meters, the colour of the harbour centre") == terms("330 metres, the color of the harbor center")
+    assert terms("fibres") == terms("fiber") and "hour" in terms("an hour")
