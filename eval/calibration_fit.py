@@ -10,7 +10,7 @@ deterministic, so the same inputs give a bit-identical artifact.
   because a fit split of a few dozen answers cannot tell close candidates apart and the richer one then overfits.
   The standard error is that of the paired, answer-by-answer difference to the best (``paired_se``): both models
   score the same answers, and the spread of one model's squared errors (mostly which answers are hard) would hide
-  a real difference between them.
+  a real difference between them. The constant is kept only when no model with features beats it.
 - Threshold: Learn-then-Test (Angelopoulos, Bates, Candès, Jordan, Lei 2021) with fixed-sequence testing. For each
   candidate threshold, from high to low, H0 "error rate among answered > target" is tested with the exact binomial
   test (p = P[Bin(n, target) <= errors], the Clopper-Pearson bound); the sequence stops at the first threshold not
