@@ -66,7 +66,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
-from rag.answering.decisions import is_finding, opening_decision, stated_decision, without_decision
+from rag.answering.decisions import Decision, is_finding, opening_decision, stated_decision, without_decision
 from rag.answering.generation.answerer import GeneratedAnswer
 from rag.answering.generation.citations import parse_citations
 from rag.answering.generation.sentences import terms
@@ -701,7 +701,7 @@ class AnswerVerifier:
         if decision is not None and not self._states(decision, check, cited):
             check.failures.append("decision_not_in_source")
 
-    def _states(self, decision: str, check: SentenceCheck, cited: Sequence[_Source]) -> bool:
+    def _states(self, decision: Decision, check: SentenceCheck, cited: Sequence[_Source]) -> bool:
         """Check 6: whether a sentence of a cited source states the decision (a finding with its polarity that
         holds ``decision_min_overlap`` of the claim's content words by itself); that sentence becomes the quote."""
         claim = content_terms(without_decision(check.text))
@@ -724,7 +724,7 @@ class AnswerVerifier:
     ) -> tuple[float | None, float | None]:
         """One batched cross-encoder call: (answer sentence, quote) for every citation, a sentence keeping its best,
         plus (question, the answer's claims without citation marks) and (question, each quote of a claim, also
-        read from the sentence that names what its opening pronoun refers to), whose logits are returned
+        read from the sentence that names what its pronouns refer to), whose logits are returned
         (``ce_question``, and ``ce_quote_question``: the best evidence's)."""
         if self.encoder is None:
             return None, None
@@ -733,14 +733,13 @@ class AnswerVerifier:
         ]
         claims = " ".join(_CITATION_MARK.sub("", c.text).strip() for c in checks if c.needs_citation)
         asked = [(question, claims)] if question and claims else []
-        quoted = sorted({
-            text
+        evidence = sorted({
+            (question, text)
             for c in checks
             if c.needs_citation
             for n, q in c.quotes.items()
             for text in (q.text, sources[n].with_antecedent(q))
-        })
-        evidence = [(question, q) for q in quoted] if question and claims else []
+        }) if question and claims else []
         if not pairs and not asked:
             return None, None
         logits = self.encoder.score([(a, b) for _, a, b in pairs] + evidence + asked)
