@@ -255,6 +255,11 @@ class Settings(BaseSettings):
         "another event). Chosen on the fit and calibration splits (docs/EVALUATION.md); -100 (below any logit) "
         "turns it off. Needs `RAG_VERIFY_CROSS_ENCODER`.",
     )
+    verify_question_given: bool = Field(
+        True,
+        description="Numbers, names and content words an answer sentence repeats from the question count as given: "
+        "only what the sentence adds must be in the sources it cites (a sentence adding nothing is checked in full).",
+    )
     verify_decisions: bool = Field(
         True,
         description="A sentence opening with yes, no or maybe fails verification unless one sentence of a cited "

@@ -245,6 +245,15 @@ def entities(sentence: str) -> list[str]:
     return [" ".join(run) for run in runs]
 
 
+_DEMONYM = re.compile(r"[A-Z][a-z]+(?:ese|ish|ian|an)")
+
+
+def _qualifier(entity: str, question: str) -> bool:
+    """A nationality word used as an adjective ("Which Japanese dish", "the English royal court") says what kind
+    of thing is asked about, not whom: sources name the dish or the court, seldom the nation."""
+    return bool(_DEMONYM.fullmatch(entity) and re.search(rf"\b{re.escape(entity)}\s+[a-z]", question))
+
+
 def entity_found(entity: str, text_words: set[str]) -> bool:
     return all(word.lower() in text_words for word in _WORD.findall(entity))
 
@@ -408,7 +417,7 @@ class _Source:
         return (
             all(forms & self.numbers for forms in wanted.numbers)
             and all(entity_found(e, self.words) for e in wanted.entities)
-            and (not wanted.terms or len(wanted.terms & self.terms) / len(wanted.terms) >= min_overlap)
+            and share(wanted.terms, self.terms) >= min_overlap
         )
 
     def with_antecedent(self, quote: Quote, limit: int = 3) -> str:
@@ -464,6 +473,25 @@ class _Wanted:
     def of(cls, sentence: str) -> _Wanted:
         return cls(terms=content_terms(sentence), numbers=numbers(sentence), entities=entities(sentence))
 
+    def beyond(self, question: str | None) -> _Wanted:
+        """What the sentence claims that ``question`` does not already state: restating the question ("Coleman
+        was a dispatcher in Halifax in 1917" for "What was Coleman's job in Halifax in 1917?") is not a claim the
+        sources must hold. A sentence that says nothing new keeps all its words, so it is still checked."""
+        if not question:
+            return self
+        stated = number_values(question)
+        asked_words = words_of(question)
+        new_terms = self.terms - content_terms(question)
+        return _Wanted(
+            terms=new_terms or self.terms,
+            numbers=[forms for forms in self.numbers if not forms & stated],
+            entities=[e for e in self.entities if not entity_found(e, asked_words)],
+        )
+
+
+def share(wanted: set[str], known: set[str]) -> float:
+    return len(wanted & known) / len(wanted) if wanted else 1.0
+
 
 def gain_of(missing: _Wanted, source: _Source, k: int) -> int:
     return sum(bool(f & source.span_numbers[k]) for f in missing.numbers) + sum(
@@ -504,6 +532,7 @@ class AnswerVerifier:
         question_subject: bool = True,
         decisions: bool = True,
         decision_min_overlap: float = 1.0,
+        question_given: bool = True,
         encoder: PairScorer | None = None,
     ) -> None:
         if policy not in ("abstain", "cut"):
@@ -517,6 +546,7 @@ class AnswerVerifier:
         self.question_subject = question_subject
         self.decisions = decisions
         self.decision_min_overlap = decision_min_overlap
+        self.question_given = question_given
         self.encoder = encoder
 
     @classmethod
@@ -532,6 +562,7 @@ class AnswerVerifier:
             question_subject=settings.verify_question_subject,
             decisions=settings.verify_decisions,
             decision_min_overlap=settings.verify_decision_min_overlap,
+            question_given=settings.verify_question_given,
             encoder=encoder if settings.verify_cross_encoder else None,
         )
 
@@ -546,6 +577,7 @@ class AnswerVerifier:
             "question_subject": self.question_subject,
             "decisions": self.decisions,
             "decision_min_overlap": self.decision_min_overlap,
+            "question_given": self.question_given,
             "cross_encoder": getattr(self.encoder, "to_dict", lambda: None)(),
         }
 
@@ -571,15 +603,16 @@ class AnswerVerifier:
         }
         checks = [self._check(text[a:b], a, b, sources) for a, b in answer_spans(text)]
         cited_elsewhere = {n for c in checks for n in c.cited}
+        asked = question if self.question_given else None
         for check in checks:
             if self.repair and check.needs_citation and not check.cited and not check.invalid:
-                check.repaired = self._repair(check, sources, cited_elsewhere, exclude=set())
-            self._support(check, sources)
+                check.repaired = self._repair(check, sources, cited_elsewhere, exclude=set(), asked=asked)
+            self._support(check, sources, asked)
             if self.repair and check.failures and check.cited and not check.citation_failure:
-                moved = self._repair(check, sources, cited_elsewhere, exclude=set(check.cited))
+                moved = self._repair(check, sources, cited_elsewhere, exclude=set(check.cited), asked=asked)
                 if moved:  # the claim is in exactly one other shown source: cite that one instead
                     check.dropped, check.cited, check.repaired = check.cited, [], moved
-                    self._support(check, sources)
+                    self._support(check, sources, asked)
         relevance, quote_relevance = self._score_pairs(checks, question, sources)
         self._logprobs(checks, generated)
         for check in checks:
@@ -631,7 +664,7 @@ class AnswerVerifier:
         mentions in its text, title or section path; both empty when the check is off or nothing is cited."""
         if not self.question_subject or not question:
             return [], []
-        subject = [e for e in entities(question) if not e.isupper()]
+        subject = [e for e in entities(question) if not e.isupper() and not _qualifier(e, question)]
         cited = {n for c in checks if c.supported for n in c.citations}
         if not subject or not cited:
             return [], []
@@ -655,14 +688,24 @@ class AnswerVerifier:
         )
 
     def _repair(
-        self, check: SentenceCheck, sources: Mapping[int, _Source], cited_elsewhere: set[int], exclude: set[int]
+        self,
+        check: SentenceCheck,
+        sources: Mapping[int, _Source],
+        cited_elsewhere: set[int],
+        exclude: set[int],
+        asked: str | None = None,
     ) -> list[int]:
         """The documented repair rule: a shown source (outside ``exclude``) that holds all the sentence's numbers
         and names and ``repair_min_overlap`` of its words. Several: the one the answer cites elsewhere if exactly
-        one is, else the one holding most of its words (ties: the higher-ranked). Empty when none does."""
+        one is, else the one holding most of its words (ties: the higher-ranked). Empty when none does.
+        ``asked``: the question, whose restated words the source need not hold (``_Wanted.beyond``)."""
         wanted = _Wanted.of(check.text)
+        claim = wanted.beyond(asked)
         covering = [
-            n for n, source in sources.items() if n not in exclude and source.covers(wanted, self.repair_min_overlap)
+            n
+            for n, source in sources.items()
+            if n not in exclude
+            and (source.covers(wanted, self.repair_min_overlap) or source.covers(claim, self.repair_min_overlap))
         ]
         if len(covering) > 1:
             elsewhere = [n for n in covering if n in cited_elsewhere]
@@ -671,7 +714,9 @@ class AnswerVerifier:
             return [max(covering, key=lambda n: (len(wanted.terms & sources[n].terms), -n))]
         return covering
 
-    def _support(self, check: SentenceCheck, sources: Mapping[int, _Source]) -> None:
+    def _support(self, check: SentenceCheck, sources: Mapping[int, _Source], asked: str | None = None) -> None:
+        """Checks 2-4 and 6 on one sentence; ``asked``: the question, whose restated words the cited sources need
+        not hold (``_Wanted.beyond``)."""
         check.failures, check.numbers_missing, check.entities_missing, check.quotes = [], [], [], {}
         check.overlap = 0.0
         if check.invalid:
@@ -688,9 +733,11 @@ class AnswerVerifier:
         known_numbers = set().union(*(s.numbers for s in cited))
         known_words = set().union(*(s.words for s in cited))
         known_terms = set().union(*(s.terms for s in cited))
-        check.numbers_missing = [sorted(forms)[0] for forms in wanted.numbers if not forms & known_numbers]
-        check.entities_missing = [e for e in wanted.entities if not entity_found(e, known_words)]
-        check.overlap = len(wanted.terms & known_terms) / len(wanted.terms) if wanted.terms else 1.0
+        claim = wanted.beyond(asked)
+        check.numbers_missing = [sorted(forms)[0] for forms in claim.numbers if not forms & known_numbers]
+        check.entities_missing = [e for e in claim.entities if not entity_found(e, known_words)]
+        # the old share, or the share of what the sentence adds: restated question words neither help nor hurt
+        check.overlap = max(share(wanted.terms, known_terms), share(claim.terms, known_terms))
         if check.numbers_missing:
             check.failures.append("number_not_in_source")
         if check.entities_missing:

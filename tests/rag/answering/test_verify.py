@@ -40,9 +40,14 @@ CHUNKS = {
 }
 
 
-def generated(text: str, *chunk_ids: str, logprobs: list[tuple[str, float]] | None = None) -> GeneratedAnswer:
+def generated(
+    text: str,
+    *chunk_ids: str,
+    logprobs: list[tuple[str, float]] | None = None,
+    chunks: dict[str, str] = CHUNKS,
+) -> GeneratedAnswer:
     """An answer as the answerer returns it; the contexts are the chunks shown, numbered 1..n in this order."""
-    contexts = [Context(i, cid, f"doc-{cid}", cid, f"{cid}.md", CHUNKS[cid], 0.9) for i, cid in enumerate(chunk_ids, 1)]
+    contexts = [Context(i, cid, f"doc-{cid}", cid, f"{cid}.md", chunks[cid], 0.9) for i, cid in enumerate(chunk_ids, 1)]
     return GeneratedAnswer(
         text=text,
         contexts=contexts,
@@ -273,6 +278,9 @@ def test_an_answer_whose_sources_never_name_what_the_question_asks_about_abstain
     # acronyms are left out (sources spell them out), and a question naming nothing is not checked
     assert AnswerVerifier().run(weight, dict(CHUNKS), "How heavy is the stone in the UK?").final_text is not None
     assert "subject_found" not in AnswerVerifier().run(weight, dict(CHUNKS), "How heavy is the stone?").features
+    # so is a nationality word qualifying a noun: it says what kind of stone, the source need not name the nation
+    assert AnswerVerifier().run(weight, dict(CHUNKS), "How heavy is the Egyptian stone?").final_text is not None
+    assert AnswerVerifier().run(weight, dict(CHUNKS), "How heavy is the stone from Egypt?").final_text is None
 
 
 def test_a_decision_stands_only_where_a_cited_sentence_states_it() -> None:
@@ -299,3 +307,29 @@ def test_a_decision_stands_only_where_a_cited_sentence_states_it() -> None:
         policy="cut",
     )
     assert cut.verdict == "cut" and cut.final_text == "Aspirin lowered the risk of heart attack [1]."
+
+
+def test_what_an_answer_repeats_from_the_question_is_given_and_only_what_it_adds_is_checked() -> None:
+    """A verbose answer restates the question ("... in Halifax in 1917"): the year and the place are the question's,
+    not claims the source must hold; what the sentence adds still must be there."""
+    chunks = {"c-yard": "Vince Coleman was a train dispatcher at the Richmond railway yards."}
+    asked = "What was Vince Coleman's job in Halifax in 1917?"
+
+    def run(text: str, **options: Any) -> VerificationReport:
+        return AnswerVerifier(**options).run(generated(text, *chunks, chunks=chunks), chunks, asked)
+
+    restated = "Vince Coleman was a train dispatcher at the Richmond railway yards in Halifax in 1917 [1]."
+    assert run(restated).final_text == restated
+    # without the rule the question's year and place count as claims the source lacks
+    strict = run(restated, question_given=False)
+    assert strict.final_text is None
+    assert {"number_not_in_source", "entity_not_in_source"} <= set(strict.sentences[0].failures)
+    # an added number or name is checked as before
+    added = run("Vince Coleman was a train dispatcher in Halifax in 1917 until 1920 [1].")
+    assert added.final_text is None and added.sentences[0].numbers_missing == ["1920"]
+    # invented words are not hidden by the question's: low overlap of what the sentence adds
+    invented = run("In Halifax in 1917 Vince Coleman worked as a harbour pilot on tugboats and ferries [1].")
+    assert invented.final_text is None and "low_overlap" in invented.sentences[0].failures
+    # an uncited restatement is repaired as well: the one source holding what it adds gets the citation
+    repaired = run("Vince Coleman was a train dispatcher at the Richmond railway yards in Halifax in 1917.")
+    assert repaired.sentences[0].repaired == [1] and repaired.final_text is not None
