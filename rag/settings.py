@@ -260,6 +260,11 @@ class Settings(BaseSettings):
         description="Numbers, names and content words an answer sentence repeats from the question count as given: "
         "only what the sentence adds must be in the sources it cites (a sentence adding nothing is checked in full).",
     )
+    verify_units: bool = Field(
+        True,
+        description="A number an answer gives with a unit (\"45 years old\") fails verification when the cited sources "
+        "give that number only with units of another dimension (\"45 pounds\").",
+    )
     verify_decisions: bool = Field(
         True,
         description="A sentence opening with yes, no or maybe fails verification unless one sentence of a cited "

@@ -17,7 +17,9 @@ the prompt's gap marker "…": a model copying it glues pieces of different pass
    ``n_repaired``; the returned answer carries the repaired ``[k]``.
 2. **Numbers** (digits with thousands separators, decimals, percentages, ordinals, years and the words
    "two" to "ninety-nine", "hundred", "thousand", "million", "billion"; "one" is too often a pronoun) must all
-   occur in the cited chunks' text: "1,200" = "1200" = "1.2 thousand", "forty-nine" = "49".
+   occur in the cited chunks' text: "1,200" = "1200" = "1.2 thousand", "forty-nine" = "49". A number given with a
+   unit of measurement must not occur there only with units of another dimension: "45 years old" from "45 pounds"
+   fails (``unit_not_in_source``; ``verify_units``; ``rag.answering.units``).
 3. **Named entities** (capitalised words not opening the sentence, runs of them, acronyms) must occur in the
    cited text or its title (shown to the model too), word by word, case-insensitively (a possessive "'s" is
    ignored).
@@ -70,6 +72,7 @@ from rag.answering.decisions import Decision, is_finding, opening_decision, stat
 from rag.answering.generation.answerer import GeneratedAnswer
 from rag.answering.generation.citations import parse_citations
 from rag.answering.generation.sentences import terms
+from rag.answering.units import dimension_after
 from rag.settings import Settings
 
 Verdict = Literal["supported", "cut", "uncited", "unsupported", "empty"]
@@ -200,25 +203,37 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def numbers(text: str) -> list[set[str]]:
-    """Each number mentioned, as the set of its accepted normalised values ("1.2 million" -> {1.2, 1200000})."""
+def _number_matches(text: str) -> list[tuple[set[str], int]]:
+    """Each number mentioned, as the set of its accepted normalised values ("1.2 million" -> {1.2, 1200000}), with
+    the offset where the number (before any scale word) ends."""
     text = _CITATION_MARK.sub(" ", text)
-    found: list[set[str]] = []
+    found: list[tuple[set[str], int]] = []
     for match in _DIGITS.finditer(text):
         value = float(match.group(1).replace(",", ""))
         forms = {_fmt(value)}
         scale = _SCALE_AFTER.match(text[match.end() :])
         if scale:
             forms.add(_fmt(value * SCALES[scale.group(1).lower()]))
-        found.append(forms)
+        found.append((forms, match.end()))
     for match in _WORD_NUMBER.finditer(text):
         words = [w.lower() for w in match.groups() if w]
         if words == ["one"] or words == ["zero"]:
             continue  # "one of the ..." is a pronoun far more often than a count
         value = float(sum(WORD_VALUES[w] for w in words))
         scale = _SCALE_AFTER.match(text[match.end() :])
-        found.append({_fmt(value * SCALES[scale.group(1).lower()])} if scale else {_fmt(value)})
+        found.append(({_fmt(value * SCALES[scale.group(1).lower()])} if scale else {_fmt(value)}, match.end()))
     return found
+
+
+def numbers(text: str) -> list[set[str]]:
+    """Each number mentioned, as the set of its accepted normalised values ("1.2 million" -> {1.2, 1200000})."""
+    return [forms for forms, _ in _number_matches(text)]
+
+
+def measures(text: str) -> list[tuple[set[str], str | None]]:
+    """Each number with the dimension of the unit after it ("45 years old": time), None when it has no known unit."""
+    clean = _CITATION_MARK.sub(" ", text)
+    return [(forms, dimension_after(clean[end:])) for forms, end in _number_matches(clean)]
 
 
 def number_values(text: str) -> set[str]:
@@ -294,6 +309,7 @@ class SentenceCheck:
     dropped: list[int] = field(default_factory=list)
     needs_citation: bool = True
     numbers_missing: list[str] = field(default_factory=list)
+    units_missing: list[str] = field(default_factory=list)
     n_numbers: int = 0
     entities_missing: list[str] = field(default_factory=list)
     n_entities: int = 0
@@ -390,6 +406,7 @@ class _Source:
     words: set[str]
     terms: set[str]
     numbers: set[str]
+    measures: list[tuple[set[str], str | None]]
     spans: list[tuple[int, int]]
     span_terms: list[set[str]]
     span_numbers: list[set[str]]
@@ -406,6 +423,7 @@ class _Source:
             words=words_of(f"{title}\n{text}"),
             terms=terms(f"{title}\n{text}"),
             numbers=number_values(text),
+            measures=measures(text),
             spans=found,
             span_terms=[terms(p) for p in pieces],
             span_numbers=[number_values(p) for p in pieces],
@@ -468,10 +486,12 @@ class _Wanted:
     terms: set[str]
     numbers: list[set[str]]
     entities: list[str]
+    units: list[tuple[set[str], str]] = field(default_factory=list)
 
     @classmethod
     def of(cls, sentence: str) -> _Wanted:
-        return cls(terms=content_terms(sentence), numbers=numbers(sentence), entities=entities(sentence))
+        units = [(forms, unit) for forms, unit in measures(sentence) if unit is not None]
+        return cls(terms=content_terms(sentence), numbers=numbers(sentence), entities=entities(sentence), units=units)
 
     def beyond(self, question: str | None) -> _Wanted:
         """What the sentence claims that ``question`` does not already state: restating the question ("Coleman
@@ -486,7 +506,20 @@ class _Wanted:
             terms=new_terms or self.terms,
             numbers=[forms for forms in self.numbers if not forms & stated],
             entities=[e for e in self.entities if not entity_found(e, asked_words)],
+            units=[(forms, unit) for forms, unit in self.units if not forms & stated],
         )
+
+
+def _units_missing(claim: _Wanted, cited: Sequence[_Source]) -> list[str]:
+    """Numbers the sentence gives with a unit ("45 years") that the cited sources give only with units of other
+    dimensions ("45 pounds"); a source mentioning the number bare, or with an unknown word, gets the benefit of the
+    doubt."""
+    missing = []
+    for forms, unit in claim.units:
+        seen = {dimension for source in cited for known, dimension in source.measures if known & forms}
+        if seen and None not in seen and unit not in seen:
+            missing.append(f"{sorted(forms)[0]} ({unit})")
+    return missing
 
 
 def share(wanted: set[str], known: set[str]) -> float:
@@ -533,6 +566,7 @@ class AnswerVerifier:
         decisions: bool = True,
         decision_min_overlap: float = 1.0,
         question_given: bool = True,
+        units: bool = True,
         encoder: PairScorer | None = None,
     ) -> None:
         if policy not in ("abstain", "cut"):
@@ -547,6 +581,7 @@ class AnswerVerifier:
         self.decisions = decisions
         self.decision_min_overlap = decision_min_overlap
         self.question_given = question_given
+        self.units = units
         self.encoder = encoder
 
     @classmethod
@@ -563,6 +598,7 @@ class AnswerVerifier:
             decisions=settings.verify_decisions,
             decision_min_overlap=settings.verify_decision_min_overlap,
             question_given=settings.verify_question_given,
+            units=settings.verify_units,
             encoder=encoder if settings.verify_cross_encoder else None,
         )
 
@@ -578,6 +614,7 @@ class AnswerVerifier:
             "decisions": self.decisions,
             "decision_min_overlap": self.decision_min_overlap,
             "question_given": self.question_given,
+            "units": self.units,
             "cross_encoder": getattr(self.encoder, "to_dict", lambda: None)(),
         }
 
@@ -718,6 +755,7 @@ class AnswerVerifier:
         """Checks 2-4 and 6 on one sentence; ``asked``: the question, whose restated words the cited sources need
         not hold (``_Wanted.beyond``)."""
         check.failures, check.numbers_missing, check.entities_missing, check.quotes = [], [], [], {}
+        check.units_missing = []
         check.overlap = 0.0
         if check.invalid:
             check.failures.append("invalid_citation")
@@ -736,10 +774,14 @@ class AnswerVerifier:
         claim = wanted.beyond(asked)
         check.numbers_missing = [sorted(forms)[0] for forms in claim.numbers if not forms & known_numbers]
         check.entities_missing = [e for e in claim.entities if not entity_found(e, known_words)]
+        if self.units:
+            check.units_missing = _units_missing(claim, cited)
         # the old share, or the share of what the sentence adds: restated question words neither help nor hurt
         check.overlap = max(share(wanted.terms, known_terms), share(claim.terms, known_terms))
         if check.numbers_missing:
             check.failures.append("number_not_in_source")
+        if check.units_missing:
+            check.failures.append("unit_not_in_source")
         if check.entities_missing:
             check.failures.append("entity_not_in_source")
         if check.overlap < self.min_overlap:

@@ -37,7 +37,7 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def _stem(token: str) -> str:
+def stem(token: str) -> str:
     """Crude suffix stripping so that change/changes/changed and listen/listens/listening meet, and British and
     American spellings too: a model writes "330 meters" about a source that says "330 metres" (colour/color)."""
     for suffix in ("ies", "ing", "ed", "es", "s"):
@@ -62,7 +62,7 @@ def terms(text: str) -> set[str]:
         parts = re.split(r"[._'-]", token)
         for word in {token, *parts} if len(parts) > 1 else {token}:
             if word not in STOPWORDS and len(word) > 1:
-                found.add(_stem(word))
+                found.add(stem(word))
     return found
 
 

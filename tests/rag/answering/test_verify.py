@@ -333,3 +333,22 @@ def test_what_an_answer_repeats_from_the_question_is_given_and_only_what_it_adds
     # an uncited restatement is repaired as well: the one source holding what it adds gets the citation
     repaired = run("Vince Coleman was a train dispatcher at the Richmond railway yards in Halifax in 1917.")
     assert repaired.sentences[0].repaired == [1] and repaired.final_text is not None
+
+
+def test_a_number_given_with_a_unit_of_another_dimension_than_the_sources_is_unsupported() -> None:
+    """The near-miss failure: asked how old a patient was, the model wrote "45 years old" from "weighing only 45
+    pounds". The number is in the source; what it measures is not."""
+    chunks = {"c-patient": "She began treatment in August 1922 weighing only 45 pounds (20 kg); she was 14 years old."}
+
+    def run(text: str, **options: Any) -> VerificationReport:
+        return AnswerVerifier(**options).run(generated(text, *chunks, chunks=chunks), chunks, "How old was she?")
+
+    wrong = run("She was 45 years old [1].")
+    assert wrong.final_text is None and wrong.sentences[0].failures == ["unit_not_in_source"]
+    assert wrong.sentences[0].units_missing == ["45 (time)"]
+    assert run("She was 45 years old [1].", units=False).final_text is not None
+    # the same dimension in other words or spellings passes, and so does a number the source gives bare
+    assert run("She weighed 45 lb [1].").final_text is not None
+    assert run("She weighed 20 kilograms [1].").final_text is not None
+    assert run("She was 14 years old [1].").final_text is not None
+    assert run("She began treatment in 1922 [1].").final_text is not None
