@@ -25,8 +25,14 @@ the prompt's gap marker "…": a model copying it glues pieces of different pass
    ignored).
 4. **Overlap**: the share of the sentence's content words (``sentences.terms``) found in the cited text must be at
    least ``verify_min_overlap``.
+
+   In 2-4 (and the repair rule), what the sentence repeats from the question is given, not claimed
+   (``verify_question_given``): "Coleman was a dispatcher in Halifax in 1917" for "What was Coleman's job in
+   Halifax in 1917?" needs no "1917" or "Halifax" in the source. The overlap is then the larger of the share of
+   all the sentence's words and the share of the words it adds; a sentence adding nothing is checked in full.
 5. **The question's subject** (answer-level): when the question names someone or something (capitalised names as
-   in 3, acronyms left out, since sources often spell them out), at least one of those names must occur in the
+   in 3; acronyms left out, since sources often spell them out, and so is a nationality word qualifying a noun,
+   "Which Japanese dish"), at least one of those names must occur in the
    sources the answer cites (text, title or section path). An answer whose sources never mention what was asked
    about is a fact about something else ("AD 79" for "When did Mount Fuji last erupt?", from a passage on
    Vesuvius), so the whole answer is ``unsupported`` (``verify_question_subject``).
