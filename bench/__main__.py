@@ -166,5 +166,26 @@ def generator(
     )
 
 
+@app.command()
+def colbert(
+    queries: int | None = typer.Option(None, min=1, help="Score only the first N test queries (default all 300)."),
+    train_queries: int | None = typer.Option(None, min=1, help="Tune on the first N train queries (default all)."),
+    rerank_n: str = typer.Option("20,50,100", help="Hybrid candidates N to rerank, comma-separated (tuned on train)."),
+    weights: str = typer.Option("0.25,0.5,0.75,1.0", help="Blend weights w of ColBERT (1 = rerank), comma-separated."),
+    batch_size: int = typer.Option(16, min=1, help="Documents per ONNX call when encoding the corpus."),
+    out: Path | None = typer.Option(None, help="JSON output path."),
+) -> None:
+    """ColBERT late interaction (bundled answerai-colbert-small-v1) alone and reranking the hybrid, vs the hybrid."""
+    _run(
+        "colbert",
+        out,
+        queries=queries,
+        train_queries=train_queries,
+        rerank_ns=tuple(int(n) for n in rerank_n.split(",") if n.strip()),
+        weights=tuple(float(w) for w in weights.split(",") if w.strip()),
+        batch_size=batch_size,
+    )
+
+
 if __name__ == "__main__":
     app()
