@@ -1,4 +1,5 @@
-"""``python -m bench ingest|query|quality|encoder|context|generator [--quick]``: print a table, write JSON in .bench/"""
+"""``python -m bench ingest|query|quality|encoder|context|generator|colbert [--quick]``: print a table, write JSON in
+.bench/"""
 
 from __future__ import annotations
 
@@ -168,6 +169,7 @@ def generator(
 
 @app.command()
 def colbert(
+    quick: bool = typer.Option(False, help="20 test and 40 train queries (the corpus is still encoded in full once)."),
     queries: int | None = typer.Option(None, min=1, help="Score only the first N test queries (default all 300)."),
     train_queries: int | None = typer.Option(None, min=1, help="Tune on the first N train queries (default all)."),
     rerank_n: str = typer.Option("20,50,100", help="Hybrid candidates N to rerank, comma-separated (tuned on train)."),
@@ -179,8 +181,8 @@ def colbert(
     _run(
         "colbert",
         out,
-        queries=queries,
-        train_queries=train_queries,
+        queries=queries or (20 if quick else None),
+        train_queries=train_queries or (40 if quick else None),
         rerank_ns=tuple(int(n) for n in rerank_n.split(",") if n.strip()),
         weights=tuple(float(w) for w in weights.split(",") if w.strip()),
         batch_size=batch_size,
