@@ -263,7 +263,9 @@ class Settings(BaseSettings):
     verify_units: bool = Field(
         True,
         description="A number an answer gives with a unit (\"45 years old\") fails verification when the cited sources "
-        "give that number only with units of another dimension (\"45 pounds\").",
+        "give that number only with units of another dimension (\"45 pounds\"); and an answer abstains when the "
+        "question asks for one dimension (\"How old\", \"how many glaciers\": a count) and every number it gives "
+        "has a unit of another.",
     )
     verify_decisions: bool = Field(
         True,

@@ -19,7 +19,9 @@ the prompt's gap marker "…": a model copying it glues pieces of different pass
    "two" to "ninety-nine", "hundred", "thousand", "million", "billion"; "one" is too often a pronoun) must all
    occur in the cited chunks' text: "1,200" = "1200" = "1.2 thousand", "forty-nine" = "49". A number given with a
    unit of measurement must not occur there only with units of another dimension: "45 years old" from "45 pounds"
-   fails (``unit_not_in_source``; ``verify_units``; ``rag.answering.units``).
+   fails (``unit_not_in_source``; ``verify_units``; ``rag.answering.units``). Answer-level, with the same setting:
+   when the question's wording asks for a dimension ("How old", "how tall", "how many glaciers": a count) and every
+   number the answer gives has a unit of another one, the answer is ``unsupported`` (``units_not_asked``).
 3. **Named entities** (capitalised words not opening the sentence, runs of them, acronyms) must occur in the
    cited text or its title (shown to the model too), word by word, case-insensitively (a possessive "'s" is
    ignored).
@@ -78,7 +80,7 @@ from rag.answering.decisions import Decision, is_finding, opening_decision, stat
 from rag.answering.generation.answerer import GeneratedAnswer
 from rag.answering.generation.citations import parse_citations
 from rag.answering.generation.sentences import terms
-from rag.answering.units import dimension_after
+from rag.answering.units import asked_dimensions, dimension_after
 from rag.settings import Settings
 
 Verdict = Literal["supported", "cut", "uncited", "unsupported", "empty"]
@@ -375,6 +377,7 @@ class VerificationReport:
     seconds: float
     subject_missing: list[str] = field(default_factory=list)  # the question's names no cited source mentions
     irrelevant_evidence: bool = False  # the best quote's relevance to the question is under min_quote_relevance
+    units_not_asked: list[str] = field(default_factory=list)  # the answer's units, when the question asks another
 
     @property
     def abstain_reason(self) -> Literal["uncited", "unsupported"] | None:
@@ -396,6 +399,7 @@ class VerificationReport:
             "quotes": {str(k): q.model_dump() for k, q in self.quotes.items()},
             "subject_missing": list(self.subject_missing),
             "irrelevant_evidence": self.irrelevant_evidence,
+            "units_not_asked": list(self.units_not_asked),
             "seconds": self.seconds,
         }
 
@@ -667,6 +671,9 @@ class AnswerVerifier:
         off_subject = bool(subject) and len(missing) == len(subject)
         if final is not None and off_subject:
             verdict, final = "unsupported", None
+        not_asked = self._units_not_asked(question, checks) if final is not None else []
+        if not_asked:
+            verdict, final = "unsupported", None
         floor = self.min_quote_relevance
         irrelevant = final is not None and floor is not None and quote_relevance is not None and quote_relevance < floor
         if irrelevant:
@@ -693,6 +700,7 @@ class AnswerVerifier:
             seconds=time.perf_counter() - started,
             subject_missing=missing if off_subject else [],
             irrelevant_evidence=irrelevant,
+            units_not_asked=not_asked,
         )
 
     def _subject(
@@ -714,6 +722,18 @@ class AnswerVerifier:
         chunk_of = {c.index: c.chunk_id for c in generated.contexts}
         known = set().union(*(sources[n].words | words_of(sections.get(chunk_of[n], "")) for n in cited))
         return subject, [e for e in subject if not entity_found(e, known)]
+
+    def _units_not_asked(self, question: str | None, checks: Sequence[SentenceCheck]) -> list[str]:
+        """Check 2's answer-level half: the units of the answer's numbers when every number it gives has a known
+        unit and none is of the dimension the question asks for ("about 10 percent [1]" for "Roughly how many
+        glaciers are there?"); empty otherwise, or when the question's wording does not say."""
+        asked = asked_dimensions(question) if self.units and question else None
+        if asked is None:
+            return []
+        found = [unit for check in checks if check.supported for _, unit in measures(check.text)]
+        if not found or None in found or asked & set(found):
+            return []
+        return sorted({unit for unit in found if unit is not None})
 
     @staticmethod
     def _check(sentence: str, start: int, end: int, sources: Mapping[int, _Source]) -> SentenceCheck:

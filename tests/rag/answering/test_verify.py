@@ -340,15 +340,36 @@ def test_a_number_given_with_a_unit_of_another_dimension_than_the_sources_is_uns
     pounds". The number is in the source; what it measures is not."""
     chunks = {"c-patient": "She began treatment in August 1922 weighing only 45 pounds (20 kg); she was 14 years old."}
 
-    def run(text: str, **options: Any) -> VerificationReport:
-        return AnswerVerifier(**options).run(generated(text, *chunks, chunks=chunks), chunks, "How old was she?")
+    def run(text: str, question: str = "How old was she?", **options: Any) -> VerificationReport:
+        return AnswerVerifier(**options).run(generated(text, *chunks, chunks=chunks), chunks, question)
 
     wrong = run("She was 45 years old [1].")
     assert wrong.final_text is None and wrong.sentences[0].failures == ["unit_not_in_source"]
     assert wrong.sentences[0].units_missing == ["45 (time)"]
     assert run("She was 45 years old [1].", units=False).final_text is not None
     # the same dimension in other words or spellings passes, and so does a number the source gives bare
-    assert run("She weighed 45 lb [1].").final_text is not None
-    assert run("She weighed 20 kilograms [1].").final_text is not None
+    weight = "What did she weigh when treatment began?"
+    assert run("She weighed 45 lb [1].", weight).final_text is not None
+    assert run("She weighed 20 kilograms [1].", weight).final_text is not None
     assert run("She was 14 years old [1].").final_text is not None
     assert run("She began treatment in 1922 [1].").final_text is not None
+
+
+def test_an_answer_whose_numbers_measure_something_else_than_the_question_asks_abstains() -> None:
+    """A near-miss: asked how many glaciers there are, the model answered with the share of land they cover. Every
+    word is in the source; a percent is not a count."""
+    chunks = {"c-ice": "Glaciers cover about 10 percent of Earth's land area; the largest is 400 km long."}
+
+    def run(text: str, question: str, **options: Any) -> VerificationReport:
+        return AnswerVerifier(**options).run(generated(text, *chunks, chunks=chunks), chunks, question)
+
+    share = "Glaciers cover about 10 percent of Earth's land area [1]."
+    wrong = run(share, "Roughly how many glaciers are there in the world?")
+    assert wrong.final_text is None and wrong.abstain_reason == "unsupported"
+    assert wrong.units_not_asked == ["percent"] and wrong.to_dict()["units_not_asked"] == ["percent"]
+    assert run(share, "Roughly how many glaciers are there in the world?", units=False).final_text == share
+    # the dimension asked for, or a question whose wording does not say, lets it stand
+    assert run(share, "What share of Earth's land do glaciers cover?").final_text == share
+    assert run(share, "How much of Earth's land area is covered by glaciers?").final_text == share
+    assert run("The largest is 400 km long [1].", "How long is the largest glacier?").final_text is not None
+    assert run("The largest is 400 km long [1].", "How old is the largest glacier?").final_text is None
