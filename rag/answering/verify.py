@@ -212,9 +212,8 @@ def _fmt(value: float) -> str:
 
 
 def _number_matches(text: str) -> list[tuple[set[str], int]]:
-    """Each number mentioned, as the set of its accepted normalised values ("1.2 million" -> {1.2, 1200000}), with
-    the offset where the number (before any scale word) ends."""
-    text = _CITATION_MARK.sub(" ", text)
+    """Each number in ``text`` (citation marks already blanked), as the set of its accepted normalised values
+    ("1.2 million" -> {1.2, 1200000}), with the offset where the number (before any scale word) ends."""
     found: list[tuple[set[str], int]] = []
     for match in _DIGITS.finditer(text):
         value = float(match.group(1).replace(",", ""))
@@ -235,7 +234,7 @@ def _number_matches(text: str) -> list[tuple[set[str], int]]:
 
 def numbers(text: str) -> list[set[str]]:
     """Each number mentioned, as the set of its accepted normalised values ("1.2 million" -> {1.2, 1200000})."""
-    return [forms for forms, _ in _number_matches(text)]
+    return [forms for forms, _ in _number_matches(_CITATION_MARK.sub(" ", text))]
 
 
 def measures(text: str) -> list[tuple[set[str], str | None]]:
@@ -503,21 +502,31 @@ class _Wanted:
         units = [(forms, unit) for forms, unit in measures(sentence) if unit is not None]
         return cls(terms=content_terms(sentence), numbers=numbers(sentence), entities=entities(sentence), units=units)
 
-    def beyond(self, question: str | None) -> _Wanted:
-        """What the sentence claims that ``question`` does not already state: restating the question ("Coleman
+    def beyond(self, given: _Given | None) -> _Wanted:
+        """What the sentence claims that the question does not already state: restating the question ("Coleman
         was a dispatcher in Halifax in 1917" for "What was Coleman's job in Halifax in 1917?") is not a claim the
         sources must hold. A sentence that says nothing new keeps all its words, so it is still checked."""
-        if not question:
+        if given is None:
             return self
-        stated = number_values(question)
-        asked_words = words_of(question)
-        new_terms = self.terms - content_terms(question)
         return _Wanted(
-            terms=new_terms or self.terms,
-            numbers=[forms for forms in self.numbers if not forms & stated],
-            entities=[e for e in self.entities if not entity_found(e, asked_words)],
-            units=[(forms, unit) for forms, unit in self.units if not forms & stated],
+            terms=(self.terms - given.terms) or self.terms,
+            numbers=[forms for forms in self.numbers if not forms & given.numbers],
+            entities=[e for e in self.entities if not entity_found(e, given.words)],
+            units=[(forms, unit) for forms, unit in self.units if not forms & given.numbers],
         )
+
+
+@dataclass(frozen=True)
+class _Given:
+    """What a question states (numbers, words, content words): an answer repeating it claims nothing new."""
+
+    numbers: set[str]
+    words: set[str]
+    terms: set[str]
+
+    @classmethod
+    def of(cls, question: str) -> _Given:
+        return cls(numbers=number_values(question), words=words_of(question), terms=content_terms(question))
 
 
 def _units_missing(claim: _Wanted, cited: Sequence[_Source]) -> list[str]:
@@ -650,16 +659,16 @@ class AnswerVerifier:
         }
         checks = [self._check(text[a:b], a, b, sources) for a, b in answer_spans(text)]
         cited_elsewhere = {n for c in checks for n in c.cited}
-        asked = question if self.question_given else None
+        given = _Given.of(question) if self.question_given and question else None
         for check in checks:
             if self.repair and check.needs_citation and not check.cited and not check.invalid:
-                check.repaired = self._repair(check, sources, cited_elsewhere, exclude=set(), asked=asked)
-            self._support(check, sources, asked)
+                check.repaired = self._repair(check, sources, cited_elsewhere, exclude=set(), given=given)
+            self._support(check, sources, given)
             if self.repair and check.failures and check.cited and not check.citation_failure:
-                moved = self._repair(check, sources, cited_elsewhere, exclude=set(check.cited), asked=asked)
+                moved = self._repair(check, sources, cited_elsewhere, exclude=set(check.cited), given=given)
                 if moved:  # the claim is in exactly one other shown source: cite that one instead
                     check.dropped, check.cited, check.repaired = check.cited, [], moved
-                    self._support(check, sources, asked)
+                    self._support(check, sources, given)
         relevance, quote_relevance = self._score_pairs(checks, question, sources)
         self._logprobs(checks, generated)
         for check in checks:
@@ -756,14 +765,14 @@ class AnswerVerifier:
         sources: Mapping[int, _Source],
         cited_elsewhere: set[int],
         exclude: set[int],
-        asked: str | None = None,
+        given: _Given | None = None,
     ) -> list[int]:
         """The documented repair rule: a shown source (outside ``exclude``) that holds all the sentence's numbers
         and names and ``repair_min_overlap`` of its words. Several: the one the answer cites elsewhere if exactly
         one is, else the one holding most of its words (ties: the higher-ranked). Empty when none does.
-        ``asked``: the question, whose restated words the source need not hold (``_Wanted.beyond``)."""
+        ``given``: what the question states, which the source need not hold (``_Wanted.beyond``)."""
         wanted = _Wanted.of(check.text)
-        claim = wanted.beyond(asked)
+        claim = wanted.beyond(given)
         covering = [
             n
             for n, source in sources.items()
@@ -777,9 +786,9 @@ class AnswerVerifier:
             return [max(covering, key=lambda n: (len(wanted.terms & sources[n].terms), -n))]
         return covering
 
-    def _support(self, check: SentenceCheck, sources: Mapping[int, _Source], asked: str | None = None) -> None:
-        """Checks 2-4 and 6 on one sentence; ``asked``: the question, whose restated words the cited sources need
-        not hold (``_Wanted.beyond``)."""
+    def _support(self, check: SentenceCheck, sources: Mapping[int, _Source], given: _Given | None = None) -> None:
+        """Checks 2-4 and 6 on one sentence; ``given``: what the question states, which the cited sources need not
+        hold (``_Wanted.beyond``)."""
         check.failures, check.numbers_missing, check.entities_missing, check.quotes = [], [], [], {}
         check.units_missing = []
         check.overlap = 0.0
@@ -797,7 +806,7 @@ class AnswerVerifier:
         known_numbers = set().union(*(s.numbers for s in cited))
         known_words = set().union(*(s.words for s in cited))
         known_terms = set().union(*(s.terms for s in cited))
-        claim = wanted.beyond(asked)
+        claim = wanted.beyond(given)
         check.numbers_missing = [sorted(forms)[0] for forms in claim.numbers if not forms & known_numbers]
         check.entities_missing = [e for e in claim.entities if not entity_found(e, known_words)]
         if self.units:
