@@ -1,5 +1,5 @@
-"""``python -m bench ingest|query|quality|encoder|context|generator|colbert [--quick]``: print a table, write JSON in
-.bench/"""
+"""``python -m bench ingest|query|quality|encoder|context|generator|colbert|small-to-big [--quick]``: print a
+table, write JSON in .bench/"""
 
 from __future__ import annotations
 
@@ -187,6 +187,15 @@ def colbert(
         weights=tuple(float(w) for w in weights.split(",") if w.strip()),
         batch_size=batch_size,
     )
+
+
+@app.command("small-to-big")
+def small_to_big(
+    limit: int | None = typer.Option(None, min=1, help="Only the first N answerable questions of each labelled set."),
+    out: Path | None = typer.Option(None, help="JSON output path."),
+) -> None:
+    """Would neighbouring chunks' sentences put more labelled evidence in the context? Coverage and its cost."""
+    _run("small_to_big", out, limit=limit)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,7 @@ def evaluate(model: Any, questions: list[Any], outcomes: dict[str, Any], setting
     from rag.answering.calibration import TARGET_GRID, heuristic_confidence
 
     candidates = [q for q in questions if outcomes[q.uid].answered]
+    answerable = [q for q in questions if q.answerable]
     p = model.predict_many([outcomes[q.uid].features for q in candidates]) if candidates else np.zeros(0)
     y = np.array([outcomes[q.uid].correct for q in candidates], dtype=float)
     old = np.array([heuristic_confidence(outcomes[q.uid].features, settings) for q in candidates], dtype=float)
@@ -269,6 +270,8 @@ def evaluate(model: Any, questions: list[Any], outcomes: dict[str, Any], setting
         "n_questions": len(questions),
         "n_candidates": len(candidates),
         "candidate_accuracy": float(y.mean()) if len(y) else None,
+        # right answers any verifier could pass, per answerable question: coverage x (1 - error) cannot exceed it
+        "generator_ceiling": _rate(sum(outcomes[q.uid].raw_correct for q in answerable), len(answerable)),
         "brier": brier(p, y),
         "ece": ece(p, y, bins),
         "brier_uncalibrated": brier(old, y),
@@ -410,6 +413,9 @@ def render_report(main: CalibrationRun, others: list[CalibrationRun]) -> str:
         f"step. Brier {test['brier']:.3f} (uncalibrated heuristic {test['brier_uncalibrated']:.3f}), ECE "
         f"{test['ece']:.3f} (heuristic {test['ece_uncalibrated']:.3f}). Rates: value [95% Clopper-Pearson CI] "
         "(k/n).</p>",
+        *([f"<p>Generator ceiling: {_fmt_rate(test['generator_ceiling'])} of the answerable questions got a right "
+           "answer from the model before any check (every shown source credited). No threshold can give more "
+           "right answers: coverage x (1 - error rate) stays below it.</p>"] if "generator_ceiling" in test else []),
         f"<h2>By target error rate</h2><table><tr><th>target</th><th>threshold</th>{head}</tr>{rows}{fallback}"
         "</table><p>A target whose threshold is 1.010 has no certified threshold: serving then abstains below "
         "RAG_UNCERTIFIED_MIN_CONFIDENCE (last row).</p>",

@@ -73,7 +73,7 @@ def calibrate_command(
             "kind": run.artifact["kind"],
             "data_hash": run.artifact["data"]["hash"],
             "test": {k: test[k] for k in ("brier", "ece", "brier_uncalibrated", "ece_uncalibrated", "n_questions",
-                                          "n_candidates", "at_target")},
+                                          "n_candidates", "generator_ceiling", "at_target")},
         })
     else:
         typer.echo(f"model {run.artifact['version']} ({run.artifact['kind']}); test Brier {test['brier']:.3f}, "
@@ -82,6 +82,8 @@ def calibrate_command(
         for item in test["at_target"]:
             typer.echo(f"target {item['target_error_rate']:<5} threshold {item['threshold']:.3f}  "
                        + "  ".join(f"{k}={_fmt_rate(item[k])}" for k in RATE_KEYS))
+        typer.echo(f"generator ceiling (answerable questions the model answered right before any check): "
+                   f"{_fmt_rate(test['generator_ceiling'])}")
         typer.echo(f"artifact: {run.artifact_path}\nreport:   {run.report_path}")
         typer.echo(f"make it the packaged default: cp {run.artifact_path} rag/answering/calibration_default.json "
                    f"(or set RAG_CALIBRATION_PATH={run.artifact_path})")

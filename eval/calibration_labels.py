@@ -99,12 +99,22 @@ class Outcome:
     cited_doc_ids: list[str]
     correct: bool
     features: dict[str, float]
+    # the model's own text, before any check, would be right if every source it was shown counted as cited: no
+    # verifier can pass more right answers than this (the ceiling of coverage at zero error)
+    raw_correct: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "uid": self.uid, "answered": self.answered, "reason": self.reason, "answer": self.answer,
-            "cited_doc_ids": self.cited_doc_ids, "correct": self.correct,
+            "cited_doc_ids": self.cited_doc_ids, "correct": self.correct, "raw_correct": self.raw_correct,
         }
+
+
+def raw_correct(question: CalibrationQuestion, generated: Any) -> bool:
+    """The unchecked generation judged by ``is_correct``, credited with every source shown to the model."""
+    if generated is None or generated.model_said_unknown or not generated.text.strip():
+        return False
+    return is_correct(question, generated.text, {c.doc_id for c in generated.contexts})
 
 
 def replay(question: CalibrationQuestion, record: dict[str, Any], verifier: AnswerVerifier) -> Outcome:
@@ -114,18 +124,19 @@ def replay(question: CalibrationQuestion, record: dict[str, Any], verifier: Answ
     generated = restore_generated(record)
     reason = record["response"].get("abstain_reason")
     features = signal_features(record["question"], retrieval, generated)
+    ceiling = raw_correct(question, generated)
     if generated is None or reason in PRE_VERIFICATION_REASONS or generated.model_said_unknown:
-        return Outcome(question.uid, False, reason or "model_unknown", "", [], False, features)
+        return Outcome(question.uid, False, reason or "model_unknown", "", [], False, features, ceiling)
     report = verifier.check_retrieved(generated, retrieval.chunks, record["question"])
     features.update({f"verify.{k}": float(v) for k, v in report.features.items()})
     if report.final_text is None:
-        return Outcome(question.uid, False, report.abstain_reason, "", [], False, features)
+        return Outcome(question.uid, False, report.abstain_reason, "", [], False, features, ceiling)
     # the serving invariant (every claim cites a returned source whose quote is an exact span), as the pipeline
     # checks it; ``_citations`` reads nothing from the instance
     citations = QueryPipeline._citations(None, retrieval, generated, report, [])  # type: ignore[arg-type]
     if not honest_answer(report.final_text, citations):
-        return Outcome(question.uid, False, "uncited", "", [], False, features)
+        return Outcome(question.uid, False, "uncited", "", [], False, features, ceiling)
     by_index = {c.index: c.doc_id for c in generated.contexts}
     cited = sorted({by_index[n] for n in report.citations if n in by_index})
     correct = is_correct(question, report.final_text, set(cited))
-    return Outcome(question.uid, True, None, report.final_text, cited, correct, features)
+    return Outcome(question.uid, True, None, report.final_text, cited, correct, features, ceiling)

@@ -140,12 +140,12 @@ def register(app: typer.Typer) -> None:
         dataset: Path = typer.Option(..., "--dataset", help="A BEIR folder (qrels split) or our QA .jsonl."),
         split: str = typer.Option("train", "--split", help="BEIR qrels split to train on (never the test split)."),
         corpus: Path | None = typer.Option(None, "--corpus", help="Documents a JSONL dataset's ids refer to."),
-        epochs: int = typer.Option(1, "--epochs", min=1, max=20),
+        epochs: int = typer.Option(3, "--epochs", min=1, max=20),
         batch_size: int = typer.Option(32, "--batch-size", min=2, max=512),
         max_seq_length: int = typer.Option(256, "--max-seq-length", min=32, max=512),
         learning_rate: float = typer.Option(2e-5, "--learning-rate", min=1e-7, max=1e-3),
         seed: int = typer.Option(42, "--seed"),
-        train_layers: int = typer.Option(4, "--train-layers", min=0, help="Top layers that learn (0 = all)."),
+        train_layers: int = typer.Option(0, "--train-layers", min=0, help="Top layers that learn (0 = all)."),
         mini_batch_size: int = typer.Option(
             16, "--mini-batch-size", min=0, help="GradCache chunk (bounds memory; same loss); 0 = plain in-batch loss."
         ),
@@ -163,9 +163,8 @@ def register(app: typer.Typer) -> None:
         config = TuneConfig(seed=seed, epochs=epochs, batch_size=batch_size, max_seq_length=max_seq_length,
                             learning_rate=learning_rate, hard_negatives=hard_negatives, threads=settings.torch_threads,
                             train_layers=train_layers, mini_batch_size=mini_batch_size)
-        result, stats = tune_embedder(
-            settings.models_dir, samples, passages, config, related=related, progress=not as_json
-        )
+        # The bar (with its ETA) goes to stderr, so --json keeps stdout clean for the result: a run takes minutes
+        result, stats = tune_embedder(settings.models_dir, samples, passages, config, related=related, progress=True)
         if mlflow:
             try:
                 result.run_id = log_run(settings, result, stats, data, experiment)

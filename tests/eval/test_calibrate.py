@@ -25,7 +25,7 @@ from eval.calibration_fit import (
     select_threshold,
     stratified_split,
 )
-from eval.calibration_labels import is_correct
+from eval.calibration_labels import is_correct, raw_correct
 from eval.datasets import EvalSample
 from rag.answering.calibration import NEVER_ANSWER, ConfidenceModel
 from rag.indexing.embedding import Embedder
@@ -275,6 +275,25 @@ def test_correctness_rules_per_dataset() -> None:
     assert not is_correct(gone, "Fresnel lenses [1].", {"d1"})  # any answer to an unanswerable question is wrong
 
 
+def test_the_generator_ceiling_credits_the_raw_answer_with_every_source_it_was_shown() -> None:
+    """The bound no verifier can beat: the model's own text, judged before any check, citations aside."""
+    from types import SimpleNamespace
+
+    sample = question("p1", "sample_qa", True, reference="Forty-nine copies are known to survive.",
+                      reference_doc_ids=["printing.md"])
+    shown = [SimpleNamespace(doc_id="other.md"), SimpleNamespace(doc_id="printing.md")]
+
+    def generated(text: str, unknown: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(text=text, model_said_unknown=unknown, contexts=shown)
+
+    assert raw_correct(sample, generated("49 copies survive."))  # uncited, yet right: the verifier's best case
+    assert not raw_correct(sample, generated("Twelve were printed [2]."))
+    assert not raw_correct(sample, generated("49 copies survive.", unknown=True))
+    assert not raw_correct(sample, None)
+    alone = [SimpleNamespace(doc_id="other.md")]
+    assert not raw_correct(sample, SimpleNamespace(text="49 copies survive.", model_said_unknown=False, contexts=alone))
+
+
 def test_rag_calibrate_end_to_end_with_smollm(tiny_pubmedqa: Path, tmp_path: Path) -> None:
     """A real run: ingest, SmolLM2 answers, fit, artifact, report, MLflow (sqlite store); a rerun reads the cache
     and writes a bit-identical artifact."""
@@ -305,6 +324,10 @@ def test_rag_calibrate_end_to_end_with_smollm(tiny_pubmedqa: Path, tmp_path: Pat
     assert run.data.params["data_hash"] == result["data_hash"]
     assert run.data.tags["rag.calibration_version"] == result["version"]
     assert "test.brier" in run.data.metrics
+    ceiling = result["test"]["generator_ceiling"]  # answerable test questions the model got right before any check
+    assert 0 <= ceiling["k"] <= ceiling["n"] and ceiling["n"] == sum(
+        o["answerable"] for o in json.loads(Path(result["report"]).with_name(
+            f"{result['version']}-summary.json").read_text())["main"]["outcomes"] if o["split"] == "test")
     before = artifact_path.read_bytes()
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -36,7 +36,8 @@ def test_tune_embedder_writes_a_model_the_embedder_loads(tmp_path: Path) -> None
             "--batch-size", "3", "--max-seq-length", "64", "--train-layers", "1", "--mini-batch-size", "0", "--json"]
     done = CliRunner().invoke(app, args, env=env)
     assert done.exit_code == 0, done.output
-    result = json.loads(done.output[done.output.index("{") :])
+    result = json.loads(done.stdout)  # the progress bar went to stderr
+    assert "tuning embedder" in done.stderr
     model_path = Path(result["model_path"])
     assert model_path.parent == (data_dir / "models" / "tuned").resolve() and model_path.name == result["version"]
     description = load_description(model_path)  # the embedder's own validation of the contract
