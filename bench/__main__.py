@@ -1,17 +1,19 @@
-"""``python -m bench ingest|query|quality|encoder|context|generator|colbert|small-to-big [--quick]``: print a
-table, write JSON in .bench/"""
+"""``python -m bench ingest|query|quality|encoder|context|generator|colbert|tuned-embedder|small-to-big``: print
+a table, write JSON in .bench/"""
 
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from bench.common import BenchError, write_result
+from bench.common import WORK_DIR, BenchError, write_result
 from rag.runtime import configure_runtime
 
+WORK_DIR_DEFAULT = WORK_DIR / "scifact-train-dev"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
@@ -187,6 +189,23 @@ def colbert(
         weights=tuple(float(w) for w in weights.split(",") if w.strip()),
         batch_size=batch_size,
     )
+
+
+@app.command("tuned-embedder")
+def tuned_embedder(
+    model: Path | None = typer.Option(None, help="A model folder from `rag tune-embedder` (omit with --split-only)."),
+    dev_folder: Path = typer.Option(WORK_DIR_DEFAULT, help="BEIR folder with qrels/train.tsv and qrels/dev.tsv."),
+    split_only: bool = typer.Option(False, help="Only write the 80/20 train/dev split of SciFact train and stop."),
+    out: Path | None = typer.Option(None, help="JSON output path."),
+) -> None:
+    """Default vs tuned embedder on SciFact: every choice on held-out train queries, test scored once."""
+    from bench import tuned_embedder as study
+
+    if split_only or model is None:
+        typer.echo(json.dumps(study.split(dev_folder)))
+        typer.echo(f"tune on it: rag tune-embedder --dataset {dev_folder} --split train --json")
+        return
+    _run("tuned_embedder", out, model=model, dev_folder=dev_folder)
 
 
 @app.command("small-to-big")

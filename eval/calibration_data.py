@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -225,6 +226,12 @@ def pipeline_key_config(pipeline_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in pipeline_config.items() if k not in {"confidence", "calibration", "verification"}}
 
 
+def _folded(question: str) -> str:
+    """A question as the cache records it: the pipeline stores the sanitized text (NFKC, whitespace collapsed),
+    so a lookup by the dataset's raw text must fold it the same way (a no-break space otherwise misses)."""
+    return " ".join(unicodedata.normalize("NFKC", question).split())
+
+
 def cache_key(
     question: str, index_version: str | None, pipeline_config: dict[str, Any], hidden_doc_ids: list[str] | None = None
 ) -> str:
@@ -313,7 +320,7 @@ class Collector:
                 record = json.loads(path.read_text(encoding="utf-8"))
                 collection = (record.get("key_config") or {}).get("retrieval", {}).get("collection")
                 if collection:
-                    index[(record["question"], collection)] = record
+                    index[(_folded(record["question"]), collection)] = record
             self._pipelines["_stale"] = index
         return self._pipelines["_stale"]
 
@@ -333,7 +340,7 @@ class Collector:
             if path.is_file():
                 record = json.loads(path.read_text(encoding="utf-8"))
             elif self.cached_only:  # the pipeline config changed since: use the answer collected before, if any
-                record = self._stale().get((question.sample.question, question.collection))
+                record = self._stale().get((_folded(question.sample.question), question.collection))
                 if record is None:
                     continue
                 stale += 1

@@ -354,8 +354,8 @@ def test_a_generated_near_miss_is_asked_with_its_source_hidden_and_cached_apart(
 
     generated = tmp_path / "generated.jsonl"
     rows = [
-        {"id": "g1", "question": "Where was Gutenberg born?", "reference": "Mainz", "reference_doc_ids": ["a.md"],
-         "answerable": True},
+        {"id": "g1", "question": "Where was Gutenberg\u00a0born?", "reference": "Mainz", "reference_doc_ids": ["a.md"],
+         "answerable": True},  # a no-break space, as in PubMedQA's titles: the pipeline asks the folded text
         {"id": "g2", "question": "Where was Gutenberg buried?", "answerable": False, "hidden_doc_ids": ["a.md"]},
     ]
     generated.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -373,6 +373,12 @@ def test_a_generated_near_miss_is_asked_with_its_source_hidden_and_cached_apart(
     retrieved = {k: {c["doc_id"] for c in r["retrieval"]["chunks"]} for k, r in collected.items()}
     assert "a.md" in retrieved["g1"] and retrieved["g2"] == {"b.md"}  # the topic stays, the answer goes
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+
+    # --cached-only after a pipeline change replays what was collected before, found by the folded question text
+    changed = settings.with_overrides(top_k=3)
+    replaying = Collector(changed, tmp_path / "cache", pipeline_factory(changed, embedder=embedder),
+                          log=lambda _: None, cached_only=True)
+    assert {q.sample.id for q, _ in replaying.collect([plan])} == {"g1", "g2"}
 
 
 def test_each_jsonl_dataset_can_name_its_own_corpus(tmp_path: Path) -> None:
