@@ -263,6 +263,9 @@ def validate_description(description: Any, path: Path | str) -> dict[str, Any]:
     return {"query_prefix": "", "normalize": True, **description}
 
 
+MAX_ENCODER_SESSIONS = 8  # bulk-encoding sessions at most: memory grows with each, speed stops growing
+
+
 class DescribedOnnxEncoder:
     """An ONNX encoder described by ``ragkit-embedder.json``; offers what ``Embedder`` uses of SentenceTransformer.
 
@@ -287,8 +290,11 @@ class DescribedOnnxEncoder:
 
     @cached_property
     def workers(self) -> list[Any]:
-        """Single-threaded sessions for bulk encoding, made on first use (a query-only process never pays them)."""
-        return [onnx_session(self.model_file, 1) for _ in range(self.parallel)]
+        """Sessions for bulk encoding, made on first use (a query-only process never pays them): one per core,
+        single-threaded, up to ``MAX_ENCODER_SESSIONS`` (each holds its own weights and buffers); on more cores
+        each session gets a share of them."""
+        count = min(self.parallel, MAX_ENCODER_SESSIONS)
+        return [onnx_session(self.model_file, max(1, self.parallel // count)) for _ in range(count)]
 
     def get_embedding_dimension(self) -> int:
         return int(self.session.get_outputs()[0].shape[-1])
@@ -308,7 +314,7 @@ class DescribedOnnxEncoder:
         else:
             from concurrent.futures import ThreadPoolExecutor
 
-            bounds = np.linspace(0, len(texts), self.parallel + 1).astype(int)
+            bounds = np.linspace(0, len(texts), len(self.workers) + 1).astype(int)
             shards = [(session, int(a), int(b)) for session, a, b in zip(self.workers, bounds[:-1], bounds[1:],
                                                                          strict=True)]
             with ThreadPoolExecutor(len(shards), thread_name_prefix="embed") as pool:  # ONNX Runtime frees the GIL

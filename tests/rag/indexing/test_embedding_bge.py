@@ -58,6 +58,19 @@ def test_a_vector_depends_on_its_text_alone(embedder: Embedder) -> None:
     np.testing.assert_allclose(forward[:1], embedder.embed(TEXTS[:1]), atol=1e-6)
 
 
+def test_many_texts_encoded_side_by_side_give_the_vectors_each_gets_alone() -> None:
+    """Bulk encoding splits the texts over single-threaded sessions (one per core); a question takes the
+    multi-threaded one. The texts are independent, so both paths must give the same vectors."""
+    from rag.indexing.embedding import DescribedOnnxEncoder
+
+    encoder = DescribedOnnxEncoder(bundled_dir(BGE_SMALL_DIR), dict(BGE_SMALL_DESCRIPTION), threads=2)
+    texts = [f"{text} ({n})" for n in range(4) for text in TEXTS]  # 12 texts: the side-by-side path
+    together = encoder.encode(texts)
+    assert len(encoder.workers) == 2  # it was taken
+    alone = np.vstack([encoder.encode([text]) for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
 def test_token_counts_need_no_model_and_guard_the_chunker(tmp_path: Path) -> None:
     fresh = Embedder(Settings(data_dir=tmp_path))
     counts = fresh.count_tokens(["hello world", TEXTS[2]])
