@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPO_ROOT, WORK_DIR, machine_info, table
-from rag.ml.slices import bootstrap_ci
+from bench.retrieval_study import interval
 from rag.settings import Settings
 
 SETS = {
@@ -56,11 +56,6 @@ def lent_text(store: Any, chunk: Any, sentences: Sequence[int]) -> dict[int, str
         tail = " ".join(split_sentences(after)[:n]) if after.strip() else ""
         out[n] = " ".join(part for part in (head, chunk.text, tail) if part)
     return out
-
-
-def interval(values: np.ndarray, seed: int) -> list[float]:
-    low, high = bootstrap_ci(values, n_resamples=2000, seed=seed)
-    return [round(float(values.mean()), 4), round(low, 4), round(high, 4)]
 
 
 def run(*, seed: int = 0, work_root: Path = WORK_DIR, limit: int | None = None) -> dict[str, Any]:
@@ -114,10 +109,10 @@ def render(result: dict[str, Any]) -> str:
         rows = []
         for variant in ("chunks", *(f"+{n}" for n in NEIGHBOUR_SENTENCES)):
             cell = entry[variant]
-            mean, low, high = cell["covered"]
+            mean, (low, high) = cell["covered"]["mean"], cell["covered"]["ci95"]
             diff = cell.get("minus_chunks")
             rows.append({"context": variant, "covered": f"{mean:.3f} [{low:.3f}, {high:.3f}]",
-                         "diff": f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]" if diff else "",
+                         "diff": f"{diff['mean']:+.3f} {diff['ci95']}" if diff else "",
                          "chars": f"{cell['chars_mean']:.0f}"})
         title = f"{subset}: {entry['questions']} answerable questions, top_k {result['top_k']}"
         parts.append(table(rows, columns, title))

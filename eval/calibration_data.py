@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import random
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from eval.datasets import Dataset, EvalSample, dataset_name, load_dataset
 from rag.answering.generation.answerer import GeneratedAnswer
 from rag.answering.generation.prompt import PROMPT_VERSION, Context
 from rag.answering.retrieval import RetrievalResult, RetrievedChunk
+from rag.answering.sanitize import normalise  # the form the pipeline records a question in
 from rag.errors import InvalidInputError, RagError
 from rag.hashing import sha256_json
 from rag.settings import Settings
@@ -226,12 +226,6 @@ def pipeline_key_config(pipeline_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in pipeline_config.items() if k not in {"confidence", "calibration", "verification"}}
 
 
-def _folded(question: str) -> str:
-    """A question as the cache records it: the pipeline stores the sanitized text (NFKC, whitespace collapsed),
-    so a lookup by the dataset's raw text must fold it the same way (a no-break space otherwise misses)."""
-    return " ".join(unicodedata.normalize("NFKC", question).split())
-
-
 def cache_key(
     question: str, index_version: str | None, pipeline_config: dict[str, Any], hidden_doc_ids: list[str] | None = None
 ) -> str:
@@ -320,7 +314,7 @@ class Collector:
                 record = json.loads(path.read_text(encoding="utf-8"))
                 collection = (record.get("key_config") or {}).get("retrieval", {}).get("collection")
                 if collection:
-                    index[(_folded(record["question"]), collection)] = record
+                    index[(normalise(record["question"]), collection)] = record
             self._pipelines["_stale"] = index
         return self._pipelines["_stale"]
 
@@ -340,7 +334,7 @@ class Collector:
             if path.is_file():
                 record = json.loads(path.read_text(encoding="utf-8"))
             elif self.cached_only:  # the pipeline config changed since: use the answer collected before, if any
-                record = self._stale().get((_folded(question.sample.question), question.collection))
+                record = self._stale().get((normalise(question.sample.question), question.collection))
                 if record is None:
                     continue
                 stale += 1
