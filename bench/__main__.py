@@ -196,6 +196,9 @@ def tuned_embedder(
     model: Path | None = typer.Option(None, help="A model folder from `rag tune-embedder` (omit with --split-only)."),
     dev_folder: Path = typer.Option(WORK_DIR_DEFAULT, help="BEIR folder with qrels/train.tsv and qrels/dev.tsv."),
     split_only: bool = typer.Option(False, help="Only write the 80/20 train/dev split of SciFact train and stop."),
+    choices_from: Path | None = typer.Option(
+        None, help="An earlier result JSON whose dev choices the tuned side reuses (a model that trained on dev)."
+    ),
     out: Path | None = typer.Option(None, help="JSON output path."),
 ) -> None:
     """Default vs tuned embedder on SciFact: every choice on held-out train queries, test scored once."""
@@ -205,7 +208,7 @@ def tuned_embedder(
         typer.echo(json.dumps(study.split(dev_folder)))
         typer.echo(f"tune on it: rag tune-embedder --dataset {dev_folder} --split train --json")
         return
-    _run("tuned_embedder", out, model=model, dev_folder=dev_folder)
+    _run("tuned_embedder", out, model=model, dev_folder=dev_folder, choices_from=choices_from)
 
 
 @app.command("small-to-big")

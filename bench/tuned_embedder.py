@@ -7,6 +7,9 @@ Protocol (no choice sees the test split):
   settings (``bench.quality``'s grid) and the reranker's N and weight (``bench.retrieval_study``'s grid), and which
   of {hybrid at the defaults, hybrid with the fusion tuned on dev, each reranker setting} is the headline. Every
   configuration is then scored once on the 300 test queries; tuned minus default is paired per query.
+- A model tuned on all of SciFact train (dev included, after its recipe was chosen on dev) cannot choose anything
+  on dev: ``choices_from`` then takes the tuned side's fusion settings and headline configuration from the
+  earlier run of the same recipe on the 80 % split.
 """
 
 from __future__ import annotations
@@ -59,8 +62,12 @@ def _index(data_dir: Path, model_path: Path | None) -> Settings:
     return settings
 
 
-def run(*, model: Path, dev_folder: Path, work_root: Path = WORK_DIR, seed: int = 0) -> dict[str, Any]:
+def run(
+    *, model: Path, dev_folder: Path, work_root: Path = WORK_DIR, seed: int = 0, choices_from: Path | None = None
+) -> dict[str, Any]:
     from rag.indexing.embedding import Embedder
+
+    fixed = json.loads(choices_from.read_text())["tuned"] if choices_from else None
 
     queries = {}
     for line in (SCIFACT / "queries.jsonl").read_text().splitlines():
@@ -70,7 +77,8 @@ def run(*, model: Path, dev_folder: Path, work_root: Path = WORK_DIR, seed: int 
     ids = {name: sorted(q) for name, q in splits.items()}
     qrels = {name: [splits[name][q] for q in ids[name]] for name in splits}
     result: dict[str, Any] = {"kind": "tuned_embedder", "machine": machine_info(), "model": str(model),
-                              "queries": {name: len(v) for name, v in ids.items()}}
+                              "queries": {name: len(v) for name, v in ids.items()},
+                              "choices_from": str(choices_from) if choices_from else None}
     per: dict[str, np.ndarray] = {}
     for name, model_path in (("default", None), ("tuned", model)):
         settings = _index(work_root / "tuned-embedder" / name, model_path)
@@ -84,7 +92,8 @@ def run(*, model: Path, dev_folder: Path, work_root: Path = WORK_DIR, seed: int 
                 values = score(cands[s], qrels[s], mode=mode, candidate_k=settings.candidate_k, **default)
                 rows[f"{s}/{mode}"] = summarise(values, seed)
                 per[f"{name}/{s}/{mode}"] = values["ndcg_at_10"]
-        best, _, _ = tune(cands["dev"], qrels["dev"])
+        held_out = fixed if fixed and name == "tuned" else None
+        best = held_out["fusion_tuned_on_dev"] if held_out else tune(cands["dev"], qrels["dev"])[0]
         rows["fusion_tuned_on_dev"] = best
         for s in splits:
             values = score(cands[s], qrels[s], mode="hybrid", candidate_k=best["candidate_k"], **fusion_args(best))
@@ -100,7 +109,9 @@ def run(*, model: Path, dev_folder: Path, work_root: Path = WORK_DIR, seed: int 
                     per[f"{name}/{s}/rerank {label(config)}"] = values["ndcg_at_10"]
                     rows[f"{s}/rerank {label(config)}"] = summarise({"ndcg_at_10": values["ndcg_at_10"]}, seed)
         candidates = ["hybrid", "hybrid, fusion tuned"] + [f"rerank {label(c)}" for c in grid_configs() if c["weight"]]
-        chosen = max(candidates, key=lambda c: float(np.nanmean(per[f"{name}/dev/{c}"])))
+        chosen = held_out["chosen_on_dev"] if held_out else max(
+            candidates, key=lambda c: float(np.nanmean(per[f"{name}/dev/{c}"]))
+        )
         rows["chosen_on_dev"] = chosen
         rows["test/chosen"] = summarise({"ndcg_at_10": per[f"{name}/test/{chosen}"]}, seed)
         result[name] = rows

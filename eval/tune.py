@@ -143,13 +143,16 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(3, "--epochs", min=1, max=20),
         batch_size: int = typer.Option(32, "--batch-size", min=2, max=512),
         max_seq_length: int = typer.Option(256, "--max-seq-length", min=32, max=512),
-        learning_rate: float = typer.Option(2e-5, "--learning-rate", min=1e-7, max=1e-3),
+        learning_rate: float = typer.Option(5e-5, "--learning-rate", min=1e-7, max=1e-3),
         seed: int = typer.Option(42, "--seed"),
         train_layers: int = typer.Option(0, "--train-layers", min=0, help="Top layers that learn (0 = all)."),
         mini_batch_size: int = typer.Option(
             16, "--mini-batch-size", min=0, help="GradCache chunk (bounds memory; same loss); 0 = plain in-batch loss."
         ),
         hard_negatives: bool = typer.Option(True, "--hard-negatives/--no-hard-negatives"),
+        negative_miner: str = typer.Option(
+            "bm25", "--negatives", help="Who mines the hard negatives: bm25 or dense (the untuned embedder)."
+        ),
         experiment: str = typer.Option("rag-tune-embedder", "--experiment", help="MLflow experiment name."),
         mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the run to MLflow."),
         as_json: bool = typer.Option(False, "--json", help='Print {"model_path": ..., "metrics": ...} as JSON.'),
@@ -162,7 +165,8 @@ def register(app: typer.Typer) -> None:
         samples, passages, related = training_data(settings, data)
         config = TuneConfig(seed=seed, epochs=epochs, batch_size=batch_size, max_seq_length=max_seq_length,
                             learning_rate=learning_rate, hard_negatives=hard_negatives, threads=settings.torch_threads,
-                            train_layers=train_layers, mini_batch_size=mini_batch_size)
+                            train_layers=train_layers, mini_batch_size=mini_batch_size,
+                            negative_miner=negative_miner)
         # The bar (with its ETA) goes to stderr, so --json keeps stdout clean for the result: a run takes minutes
         result, stats = tune_embedder(settings.models_dir, samples, passages, config, related=related, progress=True)
         if mlflow:

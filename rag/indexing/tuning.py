@@ -4,8 +4,8 @@ The default embedder (BAAI/bge-small-en-v1.5) ships only as an int8 ONNX file, s
 ``BertModel`` rebuilt from it: int8 weights are dequantized ((q - zero_point) * scale, per output channel for the
 MatMul weights, per tensor for the embedding tables) and mapped to the BERT parameter names; ``verify_rebuild``
 checks the rebuilt model against the ONNX one. Training is contrastive (MultipleNegativesRankingLoss: in-batch
-negatives plus one BM25-mined hard negative per pair), seeded, on CPU. The result is written in the embedder
-contract format (``ragkit-embedder.json`` beside ``model.onnx`` and ``tokenizer.json``), so
+negatives plus one hard negative per pair, mined by BM25 or by the base embedder), seeded, on CPU. The result is
+written in the embedder contract format (``ragkit-embedder.json`` beside ``model.onnx`` and ``tokenizer.json``), so
 ``RAG_EMBEDDING_MODEL_PATH=<dir>`` selects it and its weight hash changes the index version.
 """
 
@@ -188,12 +188,13 @@ class TuneConfig:
     epochs: int = 3  # all layers, 3 epochs: +0.017 dense SciFact nDCG@10; 1 epoch, top 4 layers, 128 tokens: -0.005
     batch_size: int = 32
     max_seq_length: int = 256
-    learning_rate: float = 2e-5
+    learning_rate: float = 5e-5  # chosen on held-out train queries over 2e-5 (docs/PERFORMANCE.md section 7)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     scale: float = 50.0  # 1 / temperature of the in-batch softmax (0.02, the FlagEmbedding fine-tuning default)
     hard_negatives: bool = True
-    negative_ranks: tuple[int, int] = (3, 30)  # BM25 ranks (1-based) a hard negative is drawn from; gold skipped
+    negative_ranks: tuple[int, int] = (3, 30)  # ranks (1-based) a hard negative is drawn from; gold skipped
+    negative_miner: str = "bm25"  # "bm25" (lexical confusions) or "dense" (the base embedder's own confusions)
     query_prefix: str = BGE_QUERY_PREFIX
     pooling: str = "cls"
     threads: int = 0
@@ -211,35 +212,58 @@ def passage_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
+def _bm25_rankings(queries: Sequence[str], ids: Sequence[str], corpus: dict[str, str], depth: int) -> list[list[str]]:
+    import bm25s
+    import Stemmer
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    stemmer = Stemmer.Stemmer("english")
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([corpus[i] for i in ids], stopwords="en", stemmer=stemmer, show_progress=False),
+                    show_progress=False)
+    tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=stemmer, show_progress=False)
+    results, _ = retriever.retrieve(tokens, k=depth, show_progress=False)
+    return [[ids[int(i)] for i in row] for row in results]
+
+
+def _dense_rankings(
+    queries: Sequence[str], ids: Sequence[str], corpus: dict[str, str], depth: int, config: TuneConfig
+) -> list[list[str]]:
+    """Rankings by the untuned bundled embedder (int8, as the index uses it): the confusions training should fix."""
+    source = bundled_bge_small_dir()
+    encoder = OnnxCls(source / "model.onnx", source / "tokenizer.json", config.max_seq_length, config.pooling)
+    documents = encoder.encode([corpus[i] for i in ids])
+    questions = encoder.encode([config.query_prefix + q for q in queries])
+    scores = questions @ documents.T
+    top = np.argsort(-scores, axis=1)[:, :depth]
+    return [[ids[int(i)] for i in row] for row in top]
+
+
 def mine_hard_negatives(
     queries: Sequence[str],
     gold: Sequence[set[str]],
     corpus: dict[str, str],
     config: TuneConfig,
 ) -> list[str | None]:
-    """Per query, a seeded pick among BM25's non-gold documents at ranks ``config.negative_ranks``.
+    """Per query, a seeded pick among the miner's non-gold documents at ranks ``config.negative_ranks``.
 
-    The top ranks are skipped: in small labelled sets a top BM25 hit that is not labelled is often relevant
-    anyway (a false negative would teach the model the wrong thing).
+    The top ranks are skipped: in small labelled sets a top hit that is not labelled is often relevant anyway
+    (a false negative would teach the model the wrong thing).
     """
-    import bm25s
-    import Stemmer
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    if config.negative_miner not in ("bm25", "dense"):
+        raise InvalidInputError(f"unknown negative miner {config.negative_miner!r}", hint="use bm25 or dense")
     ids = sorted(corpus)
-    stemmer = Stemmer.Stemmer("english")
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([corpus[i] for i in ids], stopwords="en", stemmer=stemmer, show_progress=False),
-                    show_progress=False)
     low, high = config.negative_ranks
     depth = min(high + 10, len(ids))
-    tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=stemmer, show_progress=False)
-    results, _ = retriever.retrieve(tokens, k=depth, show_progress=False)
+    rankings = (
+        _dense_rankings(queries, ids, corpus, depth, config)
+        if config.negative_miner == "dense"
+        else _bm25_rankings(queries, ids, corpus, depth)
+    )
     rng = np.random.default_rng(config.seed)
     picks: list[str | None] = []
-    for row, gold_ids in zip(results, gold, strict=True):
-        ranked = [ids[int(i)] for i in row if ids[int(i)] not in gold_ids]
-        window = ranked[low - 1 : high]
+    for ranking, gold_ids in zip(rankings, gold, strict=True):
+        window = [doc for doc in ranking if doc not in gold_ids][low - 1 : high]
         picks.append(window[int(rng.integers(len(window)))] if window else None)
     return picks
 

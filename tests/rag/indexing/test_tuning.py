@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag.errors import InvalidInputError
 from rag.indexing.tuning import (
     BGE_QUERY_PREFIX,
     TrainingPair,
@@ -53,6 +54,25 @@ def test_hard_negatives_are_never_gold_and_come_from_the_configured_ranks() -> N
     assert pairs[0].negative and pairs[0].negative != corpus["gold"]
 
 
+def test_dense_negatives_are_the_base_embedders_near_misses_never_gold() -> None:
+    corpus = {
+        "gold": "Honeybees perform a waggle dance to tell nestmates the direction and distance of food.",
+        "near1": "Bumblebees find flowers by scent and colour; they do not dance.",
+        "near2": "Forager honeybees learn the position of the sun to navigate back to the hive.",
+        "near3": "Ants lay pheromone trails that lead nestmates to food sources.",
+        **{f"far{i}": f"The {w} market closed higher on Tuesday after quarterly earnings." for i, w in
+           enumerate(["stock", "bond", "oil", "gold", "grain", "currency"])},
+    }
+    config = TuneConfig(negative_ranks=(1, 2), negative_miner="dense")
+    question = "How do honeybees communicate where flowers are?"
+    picks = mine_hard_negatives([question] * 3, [{"gold"}] * 3, corpus, config)
+    # ranks 1-2 among non-gold documents by the untuned embedder: insects, never finance, never the gold one
+    assert all(p in {"near1", "near2", "near3"} for p in picks), picks
+    assert picks == mine_hard_negatives([question] * 3, [{"gold"}] * 3, corpus, config)  # seeded
+    with pytest.raises(InvalidInputError, match="negative miner"):
+        mine_hard_negatives([question], [{"gold"}], corpus, TuneConfig(negative_miner="colbert"))
+
+
 def test_batches_never_repeat_a_text_and_use_every_pair_once() -> None:
     pairs = [TrainingPair(f"q{i % 7}", f"p{i % 5}", f"n{i}") for i in range(30)]
     batches = no_duplicate_batches(pairs, 4, seed=1)
@@ -67,8 +87,6 @@ def test_batches_never_repeat_a_text_and_use_every_pair_once() -> None:
 
 
 def test_no_usable_pair_is_a_clear_error() -> None:
-    from rag.errors import InvalidInputError
-
     with pytest.raises(InvalidInputError, match="relevant document in the corpus"):
         build_pairs([("q", {"absent"})], {"d": "text"}, TuneConfig(hard_negatives=False))
     assert np.isfinite(TuneConfig().scale)
