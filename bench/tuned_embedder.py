@@ -31,9 +31,9 @@ from rag.settings import Settings
 DEV_SHARE = 0.2
 
 
-def split(out: Path, seed: int = 2026) -> dict[str, int]:
+def split(out: Path, seed: int = 2026, source: Path | None = None) -> dict[str, int]:
     """A BEIR folder over SciFact's corpus and queries with train.tsv (80 % of train queries) and dev.tsv."""
-    source = require_scifact()
+    source = source or require_scifact()
     lines = (source / "qrels" / "train.tsv").read_text().splitlines()
     header, body = lines[0], [line for line in lines[1:] if line.strip()]
     queries = sorted({line.split("\t")[0] for line in body}, key=lambda q: int(q) if q.isdigit() else q)
@@ -50,30 +50,36 @@ def split(out: Path, seed: int = 2026) -> dict[str, int]:
     return {"train_queries": len(queries) - len(dev), "dev_queries": len(dev), "seed": seed}
 
 
-def _index(data_dir: Path, model_path: Path | None) -> Settings:
+def _index(data_dir: Path, model_path: Path | None, corpus: Path) -> Settings:
     from ingest.pipeline import IngestionPipeline
     from rag.indexing.embedding import Embedder
 
     settings = Settings(data_dir=data_dir, **({"embedding_model_path": model_path} if model_path else {}))
     started = time.perf_counter()
-    summary = IngestionPipeline(settings, embedder=Embedder(settings), progress=False).run([SCIFACT / "corpus.jsonl"])
+    summary = IngestionPipeline(settings, embedder=Embedder(settings), progress=False).run([corpus])
     print(f"[bench tuned-embedder] {data_dir}: {summary.total_chunks} chunks, {summary.chunks_embedded} embedded "
           f"in {time.perf_counter() - started:.0f} s", flush=True)
     return settings
 
 
 def run(
-    *, model: Path, dev_folder: Path, work_root: Path = WORK_DIR, seed: int = 0, choices_from: Path | None = None
+    *,
+    model: Path,
+    dev_folder: Path,
+    work_root: Path = WORK_DIR,
+    seed: int = 0,
+    choices_from: Path | None = None,
+    dataset: Path = SCIFACT,
 ) -> dict[str, Any]:
     from rag.indexing.embedding import Embedder
 
     fixed = json.loads(choices_from.read_text())["tuned"] if choices_from else None
 
     queries = {}
-    for line in (SCIFACT / "queries.jsonl").read_text().splitlines():
+    for line in (dataset / "queries.jsonl").read_text().splitlines():
         record = json.loads(line)
         queries[record["_id"]] = record["text"]
-    splits = {"dev": read_qrels(dev_folder / "qrels" / "dev.tsv"), "test": read_qrels(SCIFACT / "qrels" / "test.tsv")}
+    splits = {"dev": read_qrels(dev_folder / "qrels" / "dev.tsv"), "test": read_qrels(dataset / "qrels" / "test.tsv")}
     ids = {name: sorted(q) for name, q in splits.items()}
     qrels = {name: [splits[name][q] for q in ids[name]] for name in splits}
     result: dict[str, Any] = {"kind": "tuned_embedder", "machine": machine_info(), "model": str(model),
@@ -81,7 +87,7 @@ def run(
                               "choices_from": str(choices_from) if choices_from else None}
     per: dict[str, np.ndarray] = {}
     for name, model_path in (("default", None), ("tuned", model)):
-        settings = _index(work_root / "tuned-embedder" / name, model_path)
+        settings = _index(work_root / "tuned-embedder" / name, model_path, dataset / "corpus.jsonl")
         embedder = Embedder(settings)
         cands = {s: gather(settings, embedder, ids[s], queries, pools=GRID["candidate_k"]) for s in splits}
         default = {"fusion": settings.fusion, "rrf_k": settings.rrf_k, "dense_weight": settings.dense_weight,

@@ -17,7 +17,6 @@ from typing import Any
 import typer
 
 from eval.datasets import Dataset, load_dataset
-from rag.cli import emit_json, handles_errors, load_settings
 from rag.errors import InvalidInputError, StoreUnavailableError
 from rag.indexing.tuning import TrainStats, TuneConfig, TuneResult, passage_text, tune_embedder
 from rag.settings import Settings
@@ -134,6 +133,9 @@ def log_run(settings: Settings, result: TuneResult, stats: TrainStats, dataset: 
 
 
 def register(app: typer.Typer) -> None:
+    # imported here, not at the top: rag.cli imports this module while it registers its plugins
+    from rag.cli import emit_json, handles_errors, load_settings
+
     @app.command("tune-embedder")
     @handles_errors
     def tune_command(
