@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "ragkit-embedder.json"  # the contract read by rag.indexing.embedding (DESCRIPTION_FILE)
 BGE_SMALL_SHA256 = PINNED_SHA256[BGE_SMALL_DIR]["model.onnx"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+NEGATIVE_MINERS = ("bm25", "dense")
 EXPORT_RECIPE = "torch.onnx.export(dynamo=False) opset 17, CLS output; quantize_dynamic QInt8 per_channel MatMul"
 
 
@@ -201,6 +202,12 @@ class TuneConfig:
     mini_batch_size: int = 16  # GradCache texts per forward/backward (memory only; same loss); 0 = plain MNRL
     train_layers: int = 0  # only the top N transformer layers learn (0 = all; docs/PERFORMANCE.md section 7)
 
+    def __post_init__(self) -> None:
+        if self.negative_miner not in NEGATIVE_MINERS:
+            raise InvalidInputError(
+                f"unknown negative miner {self.negative_miner!r}", hint=f"use one of: {', '.join(NEGATIVE_MINERS)}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["negative_ranks"] = list(self.negative_ranks)
@@ -250,8 +257,6 @@ def mine_hard_negatives(
     The top ranks are skipped: in small labelled sets a top hit that is not labelled is often relevant anyway
     (a false negative would teach the model the wrong thing).
     """
-    if config.negative_miner not in ("bm25", "dense"):
-        raise InvalidInputError(f"unknown negative miner {config.negative_miner!r}", hint="use bm25 or dense")
     ids = sorted(corpus)
     low, high = config.negative_ranks
     depth = min(high + 10, len(ids))
