@@ -27,7 +27,7 @@ import numpy as np
 
 from rag.errors import InvalidInputError, ModelError
 from rag.indexing.bundled import BGE_QUERY_PREFIX, BGE_SMALL_DESCRIPTION, BGE_SMALL_DIR, PINNED_SHA256, bundled_dir
-from rag.indexing.embedding import export_last_hidden_onnx, quantize_matmul_int8
+from rag.indexing.embedding import DescribedOnnxEncoder, export_last_hidden_onnx, quantize_matmul_int8
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +236,12 @@ def _bm25_rankings(queries: Sequence[str], ids: Sequence[str], corpus: dict[str,
 def _dense_rankings(
     queries: Sequence[str], ids: Sequence[str], corpus: dict[str, str], depth: int, config: TuneConfig
 ) -> list[list[str]]:
-    """Rankings by the untuned bundled embedder (int8, as the index uses it): the confusions training should fix."""
-    source = bundled_bge_small_dir()
-    encoder = OnnxCls(source / "model.onnx", source / "tokenizer.json", config.max_seq_length, config.pooling)
-    documents = encoder.encode([corpus[i] for i in ids])
-    questions = encoder.encode([config.query_prefix + q for q in queries])
+    """Rankings by the untuned bundled embedder (int8, the product's encoder at the training length): the confusions
+    training should fix."""
+    description = {**BGE_SMALL_DESCRIPTION, "max_tokens": config.max_seq_length, "pooling": config.pooling}
+    encoder = DescribedOnnxEncoder(bundled_bge_small_dir(), description, config.threads)
+    documents = encoder.encode([corpus[i] for i in ids], normalize_embeddings=True)
+    questions = encoder.encode([config.query_prefix + q for q in queries], normalize_embeddings=True)
     scores = questions @ documents.T
     top = np.argsort(-scores, axis=1)[:, :depth]
     return [[ids[int(i)] for i in row] for row in top]
