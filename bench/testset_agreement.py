@@ -1,13 +1,16 @@
 """Does a generated test set rank pipeline configurations the way a human-written one does?
 
-``python -m bench.testset_agreement [--dataset scifact --dataset pubmedqa] [--n 40] [--distractors 200]``
+``python -m bench.testset_agreement [--dataset scifact --dataset pubmedqa] [--n 40] [--distractors 200]
+[--style-examples K]``
 
 For each dataset: a seeded sample of N human questions (SciFact test queries, PubMedQA questions); a corpus of
 their gold documents plus seeded distractors (PubMedQA: all 500 abstracts), ingested into its own collection; a
 generated set written by ``rag eval generate``'s ``QuestionSetGenerator`` from the chunks of the SAME gold
 documents (N questions, no near-misses: answerable ones only, as the human sets are). Both sets are then scored,
 retrieval only, under five configurations: dense, BM25, hybrid (convex fusion, the default), hybrid with RRF, and
-hybrid with the cross-encoder reranking the top candidates. The configurations are ranked by mean nDCG@10 on each
+hybrid with the cross-encoder reranking the top candidates. With ``--style-examples K`` the writer is shown K
+real questions of the dataset (``rag eval generate --examples``) that are not among the N compared: SciFact
+*train* claims, PubMedQA questions outside the sample. The configurations are ranked by mean nDCG@10 on each
 set; Kendall's tau-b between the two rankings is the agreement (target >= 0.6), with a 95% bootstrap interval
 (questions of both sets resampled, 1,000 times). Needs ../shared/data; writes .bench/testset_agreement-*.json and
 the generated sets in the data dir.
@@ -28,7 +31,7 @@ from bench.common import SHARED_DATA, BenchError, table, write_result
 from eval.calibration_data import read_corpus, write_corpus
 from eval.datasets import Dataset, load_dataset
 from eval.runner import EvalOptions, EvalRunner
-from eval.testset import GenerationConfig, QuestionSetGenerator, write_testset
+from eval.testset import GenerationConfig, QuestionSetGenerator, load_style_examples, write_testset
 from ingest.pipeline import IngestionPipeline
 from rag.answering.generation.backends import make_backend
 from rag.hashing import sha256_json
@@ -56,6 +59,7 @@ class Prepared:
     collection: str
     human: Path
     gold: set[str]
+    examples: tuple[str, ...] = ()
 
 
 def kendall_tau_b(x: list[float], y: list[float]) -> float:
@@ -77,8 +81,9 @@ def kendall_tau_b(x: list[float], y: list[float]) -> float:
     return float((concordant - discordant) / denominator) if denominator else float("nan")
 
 
-def prepare(name: str, n: int, distractors: int, settings: Settings, embedder: Embedder) -> Prepared:
-    """The human set (JSONL, so both sets go through the same loader) and the ingested corpus."""
+def prepare(name: str, n: int, distractors: int, settings: Settings, embedder: Embedder, style: int = 0) -> Prepared:
+    """The human set (JSONL, so both sets go through the same loader), the ingested corpus, and ``style`` real
+    questions for the writer that are not in the human set."""
     work = settings.data_dir / "agreement"
     path = SHARED_DATA / name
     if not path.exists():
@@ -97,17 +102,25 @@ def prepare(name: str, n: int, distractors: int, settings: Settings, embedder: E
     human = work / f"{name}-human.jsonl"
     human.write_text("".join(s.model_dump_json(exclude_defaults=True) + "\n" for s in dataset.samples
                              if s.relevant_doc_ids & gold), encoding="utf-8")  # fmt: skip
-    return Prepared(name, collection, human, gold)
+    examples: tuple[str, ...] = ()
+    if style:
+        split = "train" if name == "scifact" else "test"  # PubMedQA has one split: the sample is excluded below
+        pool = load_dataset(path, split=split, work_dir=work)
+        pool_file = work / f"{name}-style-pool.txt"
+        pool_file.write_text("".join(s.question + "\n" for s in pool.samples), encoding="utf-8")
+        examples = load_style_examples(pool_file, style, settings.seed, exclude=[s.question for s in dataset.samples])
+    return Prepared(name, collection, human, gold, examples)
 
 
 def generate(prepared: Prepared, n: int, settings: Settings, embedder: Embedder) -> tuple[Path, dict[str, Any]]:
     """N generated questions from the chunks of the human questions' gold documents."""
     s = settings.with_overrides(collection=prepared.collection)
     chunks = [c for c in VectorStore(s).iter_chunks() if str(c.metadata.get("doc_id")) in prepared.gold]
-    config = GenerationConfig(n=n, near_miss_share=0.0, seed=settings.seed)
+    config = GenerationConfig(n=n, near_miss_share=0.0, seed=settings.seed, examples=prepared.examples)
     generator = QuestionSetGenerator(s, config, make_backend(s), embedder)
     result = generator.run(chunks, collection=prepared.collection, index_version=None)
-    output = settings.data_dir / "agreement" / f"{prepared.name}-generated.jsonl"
+    styled = f"-styled{len(prepared.examples)}" if prepared.examples else ""
+    output = settings.data_dir / "agreement" / f"{prepared.name}-generated{styled}.jsonl"
     write_testset(result, output)
     return output, result.summary()
 
@@ -150,17 +163,18 @@ def agreement(human: dict[str, np.ndarray], generated: dict[str, np.ndarray], se
     }
 
 
-def run(datasets: list[str], n: int, distractors: int, data_dir: Path) -> dict[str, Any]:
+def run(datasets: list[str], n: int, distractors: int, data_dir: Path, style: int = 0) -> dict[str, Any]:
     settings = Settings(data_dir=data_dir)
     embedder = Embedder(settings)
-    out: dict[str, Any] = {"n": n, "distractors": distractors, "metric": METRIC, "datasets": {}}
+    out: dict[str, Any] = {"n": n, "distractors": distractors, "style_examples": style, "metric": METRIC,
+                           "datasets": {}}  # fmt: skip
     for name in datasets:
-        prepared = prepare(name, n, distractors, settings, embedder)
+        prepared = prepare(name, n, distractors, settings, embedder, style)
         generated_path, summary = generate(prepared, n, settings, embedder)
         human = score(prepared.human, prepared.collection, settings, embedder)
         generated = score(generated_path, prepared.collection, settings, embedder)
         out["datasets"][name] = {**agreement(human, generated, settings.seed), "generation": summary,
-                                 "generated_set": str(generated_path)}  # fmt: skip
+                                 "generated_set": str(generated_path), "examples": list(prepared.examples)}  # fmt: skip
     return out
 
 
@@ -184,12 +198,14 @@ def main() -> None:
     parser.add_argument("--dataset", action="append", choices=["scifact", "pubmedqa"], default=None)
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--distractors", type=int, default=200)
+    parser.add_argument("--style-examples", type=int, default=0, help="real questions shown to the writer (0: none)")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/ragkit-bench-agreement"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     configure_runtime()
     try:
-        result = run(args.dataset or ["scifact", "pubmedqa"], args.n, args.distractors, args.data_dir)
+        result = run(args.dataset or ["scifact", "pubmedqa"], args.n, args.distractors, args.data_dir,
+                     args.style_examples)
     except BenchError as exc:
         raise SystemExit(f"error: {exc}") from exc
     path = write_result("testset_agreement", result, args.out)

@@ -141,12 +141,16 @@ def generate_command(
     max_attempts_factor: float = typer.Option(
         3.0, "--max-attempts-factor", min=1.0, max=50.0, help="Chunks tried at most: N times this."
     ),
+    examples: Path | None = typer.Option(
+        None, "--examples", help="Real questions (a JSONL test set or one per line) whose style the writer copies."
+    ),
+    n_examples: int = typer.Option(5, "--n-examples", min=1, max=20, help="How many of --examples the writer sees."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with ETA on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a labelled test set from your own documents with the local (or an OpenAI-compatible) model:
     stratified chunks, a question and short answer each, filtered, plus near-miss unanswerables."""
-    from eval.testset import GenerationConfig, QuestionSetGenerator, write_testset
+    from eval.testset import GenerationConfig, QuestionSetGenerator, load_style_examples, write_testset
     from rag.answering.generation.backends import make_backend
     from rag.indexing.embedding import Embedder
     from rag.indexing.manifest import Manifest
@@ -157,9 +161,11 @@ def generate_command(
         raise InvalidInputError(
             "the extractive generator cannot write questions", hint="use --generator local (the default) or openai"
         )
+    seed = settings.seed if seed is None else seed
     config = GenerationConfig(
-        n=n, near_miss_share=near_miss_share, seed=settings.seed if seed is None else seed,
-        min_chunk_words=min_chunk_words, max_attempts_factor=max_attempts_factor,
+        n=n, near_miss_share=near_miss_share, seed=seed, min_chunk_words=min_chunk_words,
+        max_attempts_factor=max_attempts_factor,
+        examples=load_style_examples(examples, n_examples, seed) if examples is not None else (),
     )  # fmt: skip
     index_version = None
     if Manifest.path_for(settings.manifest_dir, settings.collection).is_file():

@@ -7,7 +7,9 @@ local model (or an OpenAI-compatible one), and keeps only those that pass checks
    round, each document's sections in turn, so a large document cannot fill the set. Chunks shorter than
    ``min_chunk_words`` are skipped (headings, captions).
 2. **Write** one question plus its short answer per chunk (JSON-constrained, greedy: the same model, chunks and
-   seed give the same set).
+   seed give the same set). With ``--examples FILE`` the prompt also shows a few real questions of the user's
+   (a seeded sample), so the written ones take their style: a small model left alone keeps the chunk's own words,
+   which favours lexical retrieval when the set is used to compare configurations.
 3. **Filter**, each rejection counted by reason: the answer must occur in the chunk (normalised); the answer must
    not be in the question; the question must stand alone (no "the passage", "the text", ...) and must not copy a
    run of more than ``max_copied_words`` words of the chunk; near-duplicates of an accepted question (cosine of
@@ -64,6 +66,11 @@ Write one question that this passage answers, and its answer.
   "the text" or "the author".
 - Use your own words; do not copy a sentence of the passage.
 Reply as JSON: {{"question": "...", "answer": "..."}}"""
+STYLE_BLOCK = """Questions people really ask about documents like this one. Write yours in their style (their length,
+wording and phrasing), about the passage above, not about their topics:
+{examples}
+"""
+MAX_EXAMPLE_CHARS = 400
 CHECK_SYSTEM = "You answer questions using only the passage you are given."
 CHECK_USER = """Passage:
 <<<
@@ -105,10 +112,13 @@ class GenerationConfig:
     min_question_words: int = 4
     max_question_words: int = 40
     max_answer_words: int = 12
+    examples: tuple[str, ...] = ()  # real questions whose style the writer copies (see load_style_examples)
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise InvalidInputError(f"--n must be at least 1, got {self.n}")
+        if any(not e.strip() or len(e) > MAX_EXAMPLE_CHARS for e in self.examples):
+            raise InvalidInputError(f"a style example is empty or longer than {MAX_EXAMPLE_CHARS} characters")
         if not 0.0 <= self.near_miss_share < 1.0:
             raise InvalidInputError(f"--near-miss-share must be in [0, 1), got {self.near_miss_share}")
 
@@ -279,12 +289,46 @@ class CachedModel:
         return completion.text
 
 
-def write_messages(chunk: StoredChunk) -> list[dict[str, str]]:
+def write_messages(chunk: StoredChunk, examples: Sequence[str] = ()) -> list[dict[str, str]]:
     title = str(chunk.metadata.get("title") or chunk.metadata.get("doc_id") or "a document")
-    return [
-        {"role": "system", "content": WRITE_SYSTEM},
-        {"role": "user", "content": WRITE_USER.format(title=title, text=chunk.text.strip())},
-    ]
+    user = WRITE_USER.format(title=title, text=chunk.text.strip())
+    if examples:  # without examples the prompt (and so the call cache) is exactly the plain one
+        head, tail = user.split("Write one question", 1)
+        block = STYLE_BLOCK.format(examples="\n".join(f"- {e}" for e in examples))
+        user = f"{head}{block}Write one question{tail}"
+    return [{"role": "system", "content": WRITE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def load_style_examples(path: Path, k: int, seed: int, exclude: Iterable[str] = ()) -> tuple[str, ...]:
+    """A seeded sample of ``k`` questions from a JSONL test set (its ``question`` field) or a text file (one per
+    line): the style the writer is shown. ``exclude`` keeps them apart from questions they will be compared with."""
+    if not path.is_file():
+        raise InvalidInputError(
+            f"examples file {path} does not exist",
+            hint="pass a JSONL test set or a text file with one real question per line",
+        )
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"examples file {path} is not UTF-8 text", hint="save it as UTF-8") from exc
+    questions: list[str] = []
+    for number, line in enumerate(lines, 1):
+        if path.suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"{path}:{number} is not JSON", hint="one JSON object per line") from exc
+            line = record.get("question", "") if isinstance(record, dict) else ""
+            if not isinstance(line, str) or not line.strip():
+                raise InvalidInputError(f"{path}:{number} has no \"question\" string",
+                                        hint="each line needs a \"question\" field")  # fmt: skip
+        questions.append(" ".join(line.split()))
+    excluded = {" ".join(e.split()) for e in exclude}
+    pool = sorted({q for q in questions if q not in excluded and len(q) <= MAX_EXAMPLE_CHARS})
+    if not pool:
+        raise InvalidInputError(f"examples file {path} has no usable question",
+                                hint=f"questions of at most {MAX_EXAMPLE_CHARS} characters, one per line")  # fmt: skip
+    return tuple(random.Random(f"{seed}:style-examples").sample(pool, min(k, len(pool))))
 
 
 def check_messages(chunk: StoredChunk, question: str) -> list[dict[str, str]]:
@@ -337,12 +381,14 @@ class QuestionSetGenerator:
     def estimate(self, order: Sequence[StoredChunk]) -> CostEstimate:
         tried = order[: self.config.max_attempts]
         check_overhead = len(CHECK_SYSTEM) + len(CHECK_USER) + 200
-        prompt_chars = sum(2 * len(c.text) + len(WRITE_SYSTEM) + len(WRITE_USER) + check_overhead for c in tried)
+        style = len(STYLE_BLOCK) + sum(len(e) + 3 for e in self.config.examples) if self.config.examples else 0
+        prompt_chars = sum(2 * len(c.text) + len(WRITE_SYSTEM) + len(WRITE_USER) + style + check_overhead
+                           for c in tried)  # fmt: skip
         return CostEstimate(
             candidate_chunks=len(order),
             documents=len({c.metadata.get("doc_id") for c in order}),
             attempts=len(tried),
-            cached_attempts=sum(self.model.cached(write_messages(c)) for c in tried),
+            cached_attempts=sum(self.model.cached(write_messages(c, self.config.examples)) for c in tried),
             prompt_tokens=int(prompt_chars / CHARS_PER_TOKEN),
             completion_tokens=2 * len(tried) * self.config.max_tokens,
         )
@@ -396,7 +442,7 @@ class QuestionSetGenerator:
         """(verdict, question, answer): ``ok`` (its embedding then joins ``vectors``) or the first check that
         failed."""
         config = self.config
-        parsed = parse_qa(self.model.ask(write_messages(chunk), QA_SCHEMA))
+        parsed = parse_qa(self.model.ask(write_messages(chunk, config.examples), QA_SCHEMA))
         if parsed is None:
             return "malformed", "", ""
         question, answer = parsed
@@ -446,6 +492,7 @@ class QuestionSetGenerator:
                 "generator": self.model.backend.model_id, "prompt_version": PROMPT_VERSION,
                 "seed": self.config.seed, "index_version": index_version,
                 "chunk_sha256": sha256_text(chunk.text)[:16], "answer": answer,
+                "style_examples": len(self.config.examples),
             }  # fmt: skip
             record: dict[str, Any] = {
                 "id": f"gen-{number + 1:04d}", "question": question, "provenance": provenance,

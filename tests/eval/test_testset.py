@@ -21,12 +21,14 @@ from eval.testset import (
     GenerationConfig,
     QuestionSetGenerator,
     contains,
+    load_style_examples,
     longest_copied_run,
     stratified_order,
     write_testset,
 )
 from ingest.pipeline import IngestionPipeline
 from rag.answering.generation.backends import LocalBackend, OpenAIBackend
+from rag.errors import InvalidInputError
 from rag.indexing.embedding import Embedder
 from rag.indexing.store import StoredChunk, VectorStore
 from rag.settings import Settings
@@ -188,6 +190,55 @@ def test_cli_generates_with_an_openai_compatible_server_and_explains_bad_input(
     empty = subprocess.run([*command[:-1], "--collection", "nothing-here"], env=env, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
     assert empty.returncode == 2 and "has no documents yet" in empty.stderr and "rag ingest" in empty.stderr
+
+
+def test_style_examples_reach_the_writer_only_seeded_and_apart_from_excluded_questions(
+    corpus_settings: Settings, testset_server: ScriptedWriterServer, tmp_path: Path
+) -> None:
+    real = [f"Which harbour did ship number {i} of the northern fleet leave from?" for i in range(12)]
+    examples = tmp_path / "asked.txt"
+    examples.write_text("\n".join(real) + "\n\n", encoding="utf-8")
+    picked = load_style_examples(examples, 3, seed=7)
+    assert len(set(picked)) == 3 and set(picked) <= set(real) and picked == load_style_examples(examples, 3, seed=7)
+    assert picked != load_style_examples(examples, 3, seed=8)
+    kept_apart = load_style_examples(examples, 20, seed=7, exclude=real[:10])
+    assert sorted(kept_apart) == sorted(real[10:])  # questions to be compared with never become examples
+
+    env = {**os.environ, "RAG_DATA_DIR": str(corpus_settings.data_dir), "RAG_COLLECTION": "mydocs",
+           "RAG_OPENAI_BASE_URL": testset_server.url, "RAG_OPENAI_MODEL": "scripted-writer"}  # fmt: skip
+    as_set = tmp_path / "asked.jsonl"  # the evaluator's own format works as an examples file too
+    as_set.write_text("".join(json.dumps({"id": str(i), "question": q}) + "\n" for i, q in enumerate(real)))
+    output = tmp_path / "styled.jsonl"
+    command = [str(VENV_BIN / "rag"), "eval", "generate", "--n", "3", "--output", str(output), "--generator", "openai",
+               "--min-chunk-words", "8", "--examples", str(as_set), "--n-examples", "2", "--json"]  # fmt: skip
+    before = len(testset_server.requests)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    shown = summary["config"]["examples"]
+    assert len(shown) == 2 and set(shown) <= set(real)
+    new = testset_server.requests[before:]
+    writes = [r for r in new if r.get("response_format")]
+    checks = [r for r in new if not r.get("response_format")]
+    assert writes  # (a check call does not depend on the examples: it may come from the cache)
+    for request in writes:  # every write prompt shows the same examples; the answerability check never does
+        prompt = request["messages"][-1]["content"]
+        assert "Questions people really ask" in prompt and all(f"- {q}" in prompt for q in shown)
+        assert sum(q in prompt for q in real) == 2
+    assert not any("Questions people really ask" in r["messages"][-1]["content"] for r in checks)
+    items = [json.loads(line) for line in output.read_text().splitlines()]
+    assert items and all(item["provenance"]["style_examples"] == 2 for item in items)
+
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"question": "fine?"}\nnot json\n')
+    for path, message in ((tmp_path / "missing.txt", "does not exist"), (bad_json, "bad.jsonl:2 is not JSON")):
+        failed = subprocess.run([*command[:-5], "--examples", str(path), "--json"], env=env, capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        assert failed.returncode == 2 and message in failed.stderr, failed.stderr
+    too_long = tmp_path / "long.txt"
+    too_long.write_text("why " * 200 + "\n")
+    with pytest.raises(InvalidInputError, match="no usable question"):
+        load_style_examples(too_long, 3, seed=7)
 
 
 def test_the_bundled_local_model_writes_a_valid_set(
