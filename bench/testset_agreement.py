@@ -1,7 +1,7 @@
 """Does a generated test set rank pipeline configurations the way a human-written one does?
 
 ``python -m bench.testset_agreement [--dataset scifact --dataset pubmedqa] [--n 40] [--distractors 200]
-[--style-examples K]``
+[--style-examples K] [--human-only]``
 
 For each dataset: a seeded sample of N human questions (SciFact test queries, PubMedQA questions); a corpus of
 their gold documents plus seeded distractors (PubMedQA: all 500 abstracts), ingested into its own collection; a
@@ -12,14 +12,18 @@ hybrid with the cross-encoder reranking the top candidates. With ``--style-examp
 real questions of the dataset (``rag eval generate --examples``) that are not among the N compared: SciFact
 *train* claims, PubMedQA questions outside the sample. The configurations are ranked by mean nDCG@10 on each
 set; Kendall's tau-b between the two rankings is the agreement (target >= 0.6), with a 95% bootstrap interval
-(questions of both sets resampled, 1,000 times). Needs ../shared/data; writes .bench/testset_agreement-*.json and
-the generated sets in the data dir.
+(questions of both sets resampled, 1,000 times). Because tau cannot tell a real disagreement from noise, every pair
+of configurations is also compared on its own: the paired difference of nDCG@10 on each set with its 95% interval,
+and a verdict: ``agree`` / ``disagree`` when both sets order the pair with intervals that exclude 0, ``unresolved``
+when either set cannot order it. ``--human-only`` scores the human set alone: which pairs can it order at all?
+Needs ../shared/data; writes .bench/testset_agreement-*.json and the generated sets in the data dir.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -157,38 +161,93 @@ def agreement(human: dict[str, np.ndarray], generated: dict[str, np.ndarray], se
         "human_ci": {c: list(bootstrap_ci(human[c])) for c in names},
         "generated_ci": {c: list(bootstrap_ci(generated[c])) for c in names},
         "kendall_tau": kendall_tau_b(h, g),
+        "pairs": pairs(human, generated),
         "kendall_tau_ci95": [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))],
         "n_human": n_h,
         "n_generated": n_g,
     }
 
 
-def run(datasets: list[str], n: int, distractors: int, data_dir: Path, style: int = 0) -> dict[str, Any]:
+def paired(scores: dict[str, np.ndarray], a: str, b: str) -> tuple[float, float, float, int]:
+    """Mean per-question difference a - b, its 95% interval, and the order it resolves (1, -1, or 0: none)."""
+    diff = scores[a] - scores[b]
+    low, high = bootstrap_ci(diff)
+    return float(np.nanmean(diff)), low, high, 1 if low > 0 else -1 if high < 0 else 0
+
+
+def pairs(human: dict[str, np.ndarray], generated: dict[str, np.ndarray] | None) -> list[dict[str, Any]]:
+    """Each pair of configurations, compared on each set by the paired difference of per-question nDCG@10."""
+    out = []
+    for a, b in combinations(CONFIGS, 2):
+        row: dict[str, Any] = {"pair": f"{a} - {b}"}
+        signs = []
+        for side, scores in (("human", human), ("generated", generated)):
+            if scores is None:
+                continue
+            row[side], low, high, sign = paired(scores, a, b)
+            row[f"{side}_ci"] = [low, high]
+            signs.append(sign)
+        if generated is None:
+            row["verdict"] = "resolved" if signs[0] else "unresolved"
+        else:
+            row["verdict"] = "unresolved" if 0 in signs else "agree" if signs[0] == signs[1] else "disagree"
+        out.append(row)
+    return out
+
+
+def run(
+    datasets: list[str], n: int, distractors: int, data_dir: Path, style: int = 0, human_only: bool = False
+) -> dict[str, Any]:
     settings = Settings(data_dir=data_dir)
     embedder = Embedder(settings)
     out: dict[str, Any] = {"n": n, "distractors": distractors, "style_examples": style, "metric": METRIC,
-                           "datasets": {}}  # fmt: skip
+                           "human_only": human_only, "datasets": {}}  # fmt: skip
     for name in datasets:
         prepared = prepare(name, n, distractors, settings, embedder, style)
+        if human_only:  # can the human set order the configurations at all?
+            human = score(prepared.human, prepared.collection, settings, embedder)
+            out["datasets"][name] = {"configs": list(CONFIGS), "n_human": len(human["dense"]),
+                                     "human": {c: float(np.nanmean(v)) for c, v in human.items()},
+                                     "pairs": pairs(human, None)}  # fmt: skip
+            continue
         generated_path, summary = generate(prepared, n, settings, embedder)
         human = score(prepared.human, prepared.collection, settings, embedder)
         generated = score(generated_path, prepared.collection, settings, embedder)
+        per_question = {side: {c: v.tolist() for c, v in scores.items()}
+                        for side, scores in (("human", human), ("generated", generated))}  # fmt: skip
         out["datasets"][name] = {**agreement(human, generated, settings.seed), "generation": summary,
-                                 "generated_set": str(generated_path), "examples": list(prepared.examples)}  # fmt: skip
+                                 "generated_set": str(generated_path), "examples": list(prepared.examples),
+                                 "per_question": per_question}  # fmt: skip
     return out
 
 
 def render(result: dict[str, Any]) -> str:
     parts = []
     for name, r in result["datasets"].items():
+        if result.get("human_only"):
+            rows = [{"config": c, "human": r["human"][c]} for c in r["configs"]]
+            pair_rows = [{**p, "human_ci": "[{:+.3f}, {:+.3f}]".format(*p["human_ci"])} for p in r["pairs"]]
+            resolved = sum(p["verdict"] == "resolved" for p in r["pairs"])
+            parts.append(table(rows, [("config", "config"), ("human", f"human {METRIC}", 3)],
+                               title=f"{name}: {r['n_human']} human questions") + "\n\n"
+                         + table(pair_rows, [("pair", "pair"), ("human", "human diff", 3), ("human_ci", "95% CI"),
+                                             ("verdict", "verdict")],
+                                 title=f"{name}: {resolved} of {len(pair_rows)} pairs resolved"))  # fmt: skip
+            continue
         rows = [{"config": c, "human": r["human"][c], "generated": r["generated"][c]} for c in r["configs"]]
         gen = r["generation"]
         columns = [("config", "config"), ("human", f"human {METRIC}", 3), ("generated", f"generated {METRIC}", 3)]
         low, high = r["kendall_tau_ci95"]
+        pair_rows = [{**p, "human_ci": "[{:+.3f}, {:+.3f}]".format(*p["human_ci"]),
+                      "generated_ci": "[{:+.3f}, {:+.3f}]".format(*p["generated_ci"])} for p in r["pairs"]]  # fmt: skip
+        pair_columns = [("pair", "pair"), ("human", "human diff", 3), ("human_ci", "95% CI"), ("generated",
+                        "generated diff", 3), ("generated_ci", "95% CI"), ("verdict", "verdict")]  # fmt: skip
+        verdicts = ", ".join(f"{v} {n}" for v, n in sorted(Counter(p["verdict"] for p in r["pairs"]).items()))
         parts.append(
             table(rows, columns, title=f"{name}: {r['n_human']} human / {r['n_generated']} generated questions")
             + f"\nKendall tau-b = {r['kendall_tau']:.3f} (95% CI [{low:.3f}, {high:.3f}]); generation: "
-            f"{gen['attempts']} chunks tried, rejected {gen['rejected']}, {gen['seconds']:.0f}s"
+            f"{gen['attempts']} chunks tried, rejected {gen['rejected']}, {gen['seconds']:.0f}s\n\n"
+            + table(pair_rows, pair_columns, title=f"{name}: pairs of configurations ({verdicts})")
         )
     return "\n\n".join(parts)
 
@@ -199,13 +258,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--distractors", type=int, default=200)
     parser.add_argument("--style-examples", type=int, default=0, help="real questions shown to the writer (0: none)")
+    parser.add_argument("--human-only", action="store_true", help="score only the human set: which pairs it orders")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/ragkit-bench-agreement"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     configure_runtime()
     try:
         result = run(args.dataset or ["scifact", "pubmedqa"], args.n, args.distractors, args.data_dir,
-                     args.style_examples)
+                     args.style_examples, args.human_only)
     except BenchError as exc:
         raise SystemExit(f"error: {exc}") from exc
     path = write_result("testset_agreement", result, args.out)
