@@ -19,6 +19,12 @@ from eval.runner import EvalResult
 from rag.ml.slices import OVERALL
 
 MAX_SLICE_PLOTS = 12
+# Measured by bench/testset_agreement.py (docs/EVALUATION.md): model-written questions reuse their source's words.
+GENERATED_MODES_NOTE = (
+    "note: most of these questions were written by a model (rag eval generate); such questions reuse their "
+    "source's words and favour BM25 over dense retrieval more than people's questions do (docs/EVALUATION.md): "
+    "confirm a choice between retrieval modes on real questions"
+)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -63,6 +69,8 @@ def format_text(result: EvalResult) -> str:
                 s = values.get(n)
                 cells.append(f"{_fmt(s.value)} {_ci(s)}" if s and s.value is not None else "-")
             lines.append(f"{mode:<8} " + " ".join(f"{c:>24}" for c in cells))
+        if len(result.by_mode) > 1 and 2 * d.get("generated_samples", 0) > d["samples"]:
+            lines.append(GENERATED_MODES_NOTE)
     if result.published:
         lines += ["", "nDCG@10 next to published figures (same test split)"]
         for label, row in result.published.items():

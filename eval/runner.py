@@ -365,6 +365,7 @@ class EvalRunner:
             "sha256": dataset.sha256,
             "samples": len(dataset.samples),
             "total_samples": dataset.total_samples,
+            "generated_samples": sum(bool(s.provenance.get("generator")) for s in dataset.samples),
             "limit": dataset.limit,
             "split": dataset.split,
             "min_slice_size": self.settings.eval_min_slice_size,

@@ -67,6 +67,7 @@ def test_report_text_and_html(beir_run: tuple) -> None:
     result, frame, slices = beir_run
     text = format_text(result)
     assert "ndcg_at_10" in text and "retrieval by mode" in text and "bm25" in text
+    assert result.dataset["generated_samples"] == 0 and "written by a model" not in text  # people's questions
     page = render_html(result, frame, slices)
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") >= 3
     assert "Time and tokens per metric" in page and "Score distributions" in page

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from eval.datasets import load_dataset
+from eval.report import GENERATED_MODES_NOTE, format_text
 from eval.runner import EvalOptions, EvalRunner
 from eval.testset import (
     CONTEXT_WORDS,
@@ -143,9 +144,11 @@ def test_every_filter_rejects_its_case_and_near_misses_hide_their_document(
     dataset = load_dataset(output)  # the output is the evaluator's own format
     assert len(dataset.samples) == 4
     options = EvalOptions(dataset=output, collection="mydocs", judge="none", answers=False, progress=False,
-                          log_to_mlflow=False)  # fmt: skip
+                          log_to_mlflow=False, modes=["dense", "bm25"])  # fmt: skip
     run_settings = corpus_settings.with_overrides(eval_bootstrap_resamples=100)
-    _, frame, _ = EvalRunner(run_settings, options, embedder=embedder).run()
+    evaluated, frame, _ = EvalRunner(run_settings, options, embedder=embedder).run()
+    assert evaluated.dataset["generated_samples"] == 4
+    assert GENERATED_MODES_NOTE in format_text(evaluated)  # comparing modes on a model-written set is flagged
     for _, row in frame.iterrows():
         item = next(i for i in result.items if i["id"] == row["id"])
         if item["answerable"]:
