@@ -8,8 +8,9 @@ local model (or an OpenAI-compatible one), and keeps only those that pass checks
    ``min_chunk_words`` are skipped (headings, captions).
 2. **Write** one question plus its short answer per chunk (JSON-constrained, greedy: the same model, chunks and
    seed give the same set). With ``--examples FILE`` the prompt also shows a few real questions of the user's
-   (a seeded sample), so the written ones take their style: a small model left alone keeps the chunk's own words,
-   which favours lexical retrieval when the set is used to compare configurations.
+   (a seeded sample) and asks for their style: a small model left alone keeps the chunk's own words, which favours
+   BM25 when the set is used to compare retrieval modes (the bundled 1.5B writer ignored the examples, measured in
+   docs/EVALUATION.md; a stronger ``--generator openai`` model may not).
 3. **Filter**, each rejection counted by reason: the answer must occur in the chunk (normalised); the answer must
    not be in the question; the question must stand alone (no "the passage", "the text", ...) and must not copy a
    run of more than ``max_copied_words`` words of the chunk; near-duplicates of an accepted question (cosine of
