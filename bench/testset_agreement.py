@@ -221,12 +221,16 @@ def run(
     return out
 
 
+def _interval(ci: list[float]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 def render(result: dict[str, Any]) -> str:
     parts = []
     for name, r in result["datasets"].items():
         if result.get("human_only"):
             rows = [{"config": c, "human": r["human"][c]} for c in r["configs"]]
-            pair_rows = [{**p, "human_ci": "[{:+.3f}, {:+.3f}]".format(*p["human_ci"])} for p in r["pairs"]]
+            pair_rows = [{**p, "human_ci": _interval(p["human_ci"])} for p in r["pairs"]]
             resolved = sum(p["verdict"] == "resolved" for p in r["pairs"])
             parts.append(table(rows, [("config", "config"), ("human", f"human {METRIC}", 3)],
                                title=f"{name}: {r['n_human']} human questions") + "\n\n"
@@ -238,8 +242,8 @@ def render(result: dict[str, Any]) -> str:
         gen = r["generation"]
         columns = [("config", "config"), ("human", f"human {METRIC}", 3), ("generated", f"generated {METRIC}", 3)]
         low, high = r["kendall_tau_ci95"]
-        pair_rows = [{**p, "human_ci": "[{:+.3f}, {:+.3f}]".format(*p["human_ci"]),
-                      "generated_ci": "[{:+.3f}, {:+.3f}]".format(*p["generated_ci"])} for p in r["pairs"]]  # fmt: skip
+        pair_rows = [{**p, "human_ci": _interval(p["human_ci"]), "generated_ci": _interval(p["generated_ci"])}
+                     for p in r["pairs"]]  # fmt: skip
         pair_columns = [("pair", "pair"), ("human", "human diff", 3), ("human_ci", "95% CI"), ("generated",
                         "generated diff", 3), ("generated_ci", "95% CI"), ("verdict", "verdict")]  # fmt: skip
         verdicts = ", ".join(f"{v} {n}" for v, n in sorted(Counter(p["verdict"] for p in r["pairs"]).items()))
