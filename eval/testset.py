@@ -14,9 +14,9 @@ local model (or an OpenAI-compatible one), and keeps only those that pass checks
 3. **Filter**, each rejection counted by reason: the answer must occur in the chunk (normalised); the answer must
    not be in the question; the question must stand alone (no "the passage", "the text", ...) and must not copy a
    run of more than ``max_copied_words`` words of the chunk; near-duplicates of an accepted question (cosine of
-   the product's embedder >= ``duplicate_cosine``) are dropped; a **second pass** asks the model to answer the
-   question from the chunk alone, and the question stays only when that answer matches (token F1 >= 0.5 or
-   containment).
+   the product's embedder >= ``duplicate_cosine``, or the same answer from the same document) are dropped; a
+   **second pass** asks the model to answer the question from the chunk alone, and the question stays only when
+   that answer matches (token F1 >= 0.5 or containment).
 4. **Near-miss unanswerables**: a seeded ``near_miss_share`` of the accepted questions, among those whose answer
    appears in no other document, become unanswerable by hiding their source document (``hidden_doc_ids``: the
    evaluator filters it out of retrieval, so the topic stays in the corpus and the answer goes).
@@ -406,6 +406,7 @@ class QuestionSetGenerator:
         self.say(estimate.describe())
         accepted: list[tuple[StoredChunk, str, str]] = []
         vectors: list[np.ndarray] = []
+        answered: set[tuple[str, str]] = set()  # (document, normalised answer) of accepted questions
         rejected: Counter[str] = Counter()
         examples: dict[str, list[dict[str, str]]] = defaultdict(list)
         attempts = 0
@@ -415,7 +416,7 @@ class QuestionSetGenerator:
                 break
             attempts += 1
             try:
-                verdict, question, answer = self._try(chunk, vectors)
+                verdict, question, answer = self._try(chunk, vectors, answered)
             except RagError as exc:  # a failed call loses one chunk, not the run
                 verdict, question, answer = "model_error", "", str(exc)[:200]
             if verdict == "ok":
@@ -439,9 +440,11 @@ class QuestionSetGenerator:
             examples=dict(examples),
         )  # fmt: skip
 
-    def _try(self, chunk: StoredChunk, vectors: list[np.ndarray]) -> tuple[str, str, str]:
-        """(verdict, question, answer): ``ok`` (its embedding then joins ``vectors``) or the first check that
-        failed."""
+    def _try(
+        self, chunk: StoredChunk, vectors: list[np.ndarray], answered: set[tuple[str, str]]
+    ) -> tuple[str, str, str]:
+        """(verdict, question, answer): ``ok`` (its embedding then joins ``vectors``, its document and answer
+        ``answered``) or the first check that failed."""
         config = self.config
         parsed = parse_qa(self.model.ask(write_messages(chunk, config.examples), QA_SCHEMA))
         if parsed is None:
@@ -460,6 +463,9 @@ class QuestionSetGenerator:
             return "answer_in_question", question, answer
         if longest_copied_run(question, chunk.text) > config.max_copied_words:
             return "copies_chunk", question, answer
+        fact = (str(chunk.metadata.get("doc_id")), normalised(answer))
+        if fact in answered:  # the same fact of the same document, asked in other words
+            return "duplicate", question, answer
         final = question if question.endswith("?") else question + "?"
         vector = self.embedder.embed([final])[0]
         if vectors and float(np.max(np.stack(vectors) @ vector)) >= config.duplicate_cosine:
@@ -468,6 +474,7 @@ class QuestionSetGenerator:
         if not check_answer_matches(reply, answer):
             return "not_answerable", question, answer
         vectors.append(vector)
+        answered.add(fact)
         return "ok", final, answer
 
     def _records(

@@ -162,6 +162,47 @@ def test_every_filter_rejects_its_case_and_near_misses_hide_their_document(
     assert again.items == result.items
 
 
+SAME_FACT = {  # chunk marker -> (document, text, question written)
+    "cohort": ("bmi.md", "In the pooled cohort of 900,000 adults, mortality was lowest at about 22.5-25 kg/m2 in "
+               "both sexes, and rose steeply above and below that band.",
+               "At what body-mass index was death rate lowest in men and women?"),
+    "optimum": ("bmi.md", "Each 5 kg/m2 above the optimum of 22.5-25 kg/m2 carried about 30% higher overall "
+                "mortality, mostly vascular, in the follow-up visits.",
+                "Which band of BMI is the optimum for survival according to pooled follow-up data?"),
+    "guideline": ("diet.md", "The national dietary guideline recommends that adults keep a weight in the range "
+                  "22.5-25 kg/m2 through meals rich in vegetables and regular walking.",
+                  "What weight range does the national dietary guideline recommend for adults?"),
+}
+
+
+class SameFactServer(ScriptedWriterServer):
+    def content(self, marker: str, schema: dict[str, Any], text: str) -> str:
+        key = next(k for k, (_, body, _) in SAME_FACT.items() if body[:40] in text)
+        if schema:
+            return json.dumps({"question": SAME_FACT[key][2], "answer": "22.5-25 kg/m2"})
+        return "22.5-25 kg/m2"
+
+
+def test_the_same_answer_from_the_same_document_is_a_duplicate(tmp_path: Path, embedder: Embedder) -> None:
+    """Two questions about one fact of one document keep the first; the same answer in another document stays."""
+    server = SameFactServer()
+    server.start()
+    try:
+        chunks = [StoredChunk(f"{key}-chunk", text, {"doc_id": doc, "section": key})
+                  for key, (doc, text, _) in SAME_FACT.items()]  # fmt: skip
+        settings = Settings(data_dir=tmp_path / "data", collection="facts")
+        config = GenerationConfig(n=3, near_miss_share=0.0, min_chunk_words=8, max_attempts_factor=1.0)
+        backend = OpenAIBackend(server.url, "scripted-writer", temperature=0.0)
+        generator = QuestionSetGenerator(settings, config, backend, embedder, progress=False, say=lambda _: None)
+        result = generator.run(chunks, collection="facts", index_version="v")
+    finally:
+        server.stop()
+    assert result.attempts == 3 and result.rejected == {"duplicate": 1}
+    assert sorted(item["provenance"]["doc_id"] for item in result.items) == ["bmi.md", "diet.md"]
+    rejected = result.examples["duplicate"][0]
+    assert rejected["question"] in {SAME_FACT["cohort"][2], SAME_FACT["optimum"][2]}
+
+
 def test_sampling_is_stratified_and_seeded() -> None:
     chunks = [StoredChunk(f"{doc}-{i}", "word " * 50, {"doc_id": doc, "section": f"s{i % 2}"})
               for doc, count in (("big", 12), ("small", 2), ("mid", 4)) for i in range(count)]  # fmt: skip
