@@ -61,7 +61,7 @@ WRITE_USER = """Passage from "{title}":
 <<<
 {text}
 >>>
-Write one question that this passage answers, and its answer.
+{style}Write one question that this passage answers, and its answer.
 - The answer is a short phrase copied exactly from the passage: a name, a number, a date or a few words.
 - The question must make sense to someone who has not seen the passage: name its subject; never say "the passage",
   "the text" or "the author".
@@ -292,11 +292,9 @@ class CachedModel:
 
 def write_messages(chunk: StoredChunk, examples: Sequence[str] = ()) -> list[dict[str, str]]:
     title = str(chunk.metadata.get("title") or chunk.metadata.get("doc_id") or "a document")
-    user = WRITE_USER.format(title=title, text=chunk.text.strip())
-    if examples:  # without examples the prompt (and so the call cache) is exactly the plain one
-        head, tail = user.split("Write one question", 1)
-        block = STYLE_BLOCK.format(examples="\n".join(f"- {e}" for e in examples))
-        user = f"{head}{block}Write one question{tail}"
+    # without examples the prompt (and so the call cache) is exactly the plain one
+    style = STYLE_BLOCK.format(examples="\n".join(f"- {e}" for e in examples)) if examples else ""
+    user = WRITE_USER.format(title=title, text=chunk.text.strip(), style=style)
     return [{"role": "system", "content": WRITE_SYSTEM}, {"role": "user", "content": user}]
 
 
